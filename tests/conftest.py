@@ -1,0 +1,50 @@
+"""Session-wide fixtures: the benchmark data folder and one tiny Llama + tokenizer built locally.
+
+Engines are expensive (vLLM start ~30 s on CPU), so the shared vLLM engine lives in tests/rollout/conftest-free
+fixtures here and is started at most once per test session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"benchmark data folder missing: {SHARED_DATA}"
+    return SHARED_DATA
+
+
+def tokenizer_corpus(limit: int = 300) -> list[str]:
+    """Texts the tiny tokenizer is fitted on: synthetic-arithmetic-like lines and real MATH-500 text."""
+    texts = [f"Evaluate {a} + {b} * {c}. Compute {b} * {c} = {b * c}. \\boxed{{{a + b * c}}}" for a in range(10)
+             for b in range(10) for c in range(3)]
+    with (SHARED_DATA / "math500.jsonl").open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i >= limit:
+                break
+            row = json.loads(line)
+            texts += [row["problem"], row["solution"]]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama (head_dim 64) with a locally trained tokenizer, in HF format."""
+    from astro_pl.modules.tiny_llama import build_tiny_llama, train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    train_tokenizer(tokenizer_corpus(), root / "tokenizer", vocab_size=512)
+    return build_tiny_llama(root / "tokenizer", root / "model", seed=0)
