@@ -82,3 +82,50 @@ def build_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, seed: int =
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`astro tiny-model`: fit a tokenizer on trace/problem JSONL text fields and write a tiny Llama."""
+    import json
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="astro tiny-model", description=main.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--texts", type=list[str], required=True, help="JSONL files whose text fields fit the BPE.")
+    parser.add_argument("--fields", type=list[str], default=["problem", "trace"], help="Text fields to read.")
+    parser.add_argument("--out", type=str, required=True, help="Output directory (HF format).")
+    parser.add_argument("--vocab_size", type=int, default=512)
+    parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--num_hidden_layers", type=int, default=2)
+    parser.add_argument("--num_attention_heads", type=int, default=2)
+    parser.add_argument("--intermediate_size", type=int, default=256)
+    parser.add_argument("--max_position_embeddings", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    cfg = parser.parse_args(argv)
+
+    def texts():
+        for path in cfg.texts:
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path}:{lineno}: not JSON ({err.msg})") from err
+                    yield from (str(row[k]) for k in cfg.fields if k in row)
+
+    out = Path(cfg.out)
+    train_tokenizer(texts(), out / "tokenizer", vocab_size=cfg.vocab_size)
+    sizes = dict(
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+    )
+    build_tiny_llama(out / "tokenizer", out, seed=cfg.seed, **sizes)
+    params = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(str(out)).parameters())
+    print(f"tiny Llama with {params / 1e6:.2f}M parameters written to {out}")
+    return 0

@@ -1,0 +1,138 @@
+"""`astro pipeline`: chains ordinary `astro` commands (search -> model -> SFT -> RL -> eval) and reports them.
+
+The pipeline owns no training logic: each stage is an `astro <command>` run as a subprocess with its own config,
+so any stage can be rerun by hand with the printed command. A finished stage leaves `<output_dir>/.done/<name>`;
+a rerun skips finished stages (or restarts at `--start_from`), so a killed pipeline resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jsonargparse import ArgumentParser, ActionConfigFile
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline.
+
+    Args:
+        name: Stage name, unique within the pipeline (used by --start_from and in the table).
+        command: `astro` arguments; "{output_dir}" and "{seed}" are substituted.
+        summary: JSON file (same substitutions) with at least `accuracy` and `mean_backtracks`, read after the
+            stage for the table; empty for stages that evaluate nothing.
+        artifacts: Named paths (same substitutions) recorded in the pipeline summary, e.g. traces or checkpoints.
+    """
+
+    name: str
+    command: list[str]
+    summary: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def run_stage(stage: Stage, values: dict[str, str], log_dir: Path) -> float:
+    """Runs one stage, streaming its output to the console and to `<log_dir>/<name>.log`; returns seconds."""
+    argv = [sys.executable, "-m", "astro_pl.cli", *(substitute(a, values) for a in stage.command)]
+    print(f"\n=== stage {stage.name}: astro {shlex.join(argv[3:])}", flush=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with (log_dir / f"{stage.name}.log").open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        code = proc.wait()
+    if code != 0:
+        raise SystemExit(f"stage {stage.name!r} failed with exit code {code}; log: {log_dir / (stage.name + '.log')}")
+    return time.perf_counter() - start
+
+
+def read_stage_summary(path: Path) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    missing = [k for k in ("accuracy", "mean_backtracks") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: stage summary lacks field(s) {', '.join(missing)}")
+    return data
+
+
+def format_table(rows: list[dict]) -> str:
+    header = "| stage | accuracy | mean backtracks | response length | wall time (s) |"
+    lines = [header, "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        def cell(key: str, fmt: str) -> str:
+            return format(row[key], fmt) if row.get(key) is not None else "-"
+
+        lines.append(
+            f"| {row['stage']} | {cell('accuracy', '.3f')} | {cell('mean_backtracks', '.2f')} "
+            f"| {cell('mean_length', '.1f')} | {cell('seconds', '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from: str | None = None) -> dict:
+    """Runs the stages in order, skipping finished ones, and writes `<output_dir>/summary.json`."""
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names must be unique, got {names}")
+    if start_from is not None and start_from not in names:
+        raise ValueError(f"--start_from {start_from!r} is not a stage; stages: {', '.join(names)}")
+    out = Path(output_dir)
+    done_dir = out / ".done"
+    values = {"output_dir": str(out), "seed": str(seed)}
+    if start_from is not None:
+        for name in names[names.index(start_from):]:
+            (done_dir / name).unlink(missing_ok=True)
+    summary_path = out / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": {}}
+    results: dict[str, dict] = {}
+    for stage in stages:
+        marker = done_dir / stage.name
+        if marker.exists() and stage.name in previous["stages"]:
+            print(f"=== stage {stage.name}: done before, skipped", flush=True)
+            results[stage.name] = previous["stages"][stage.name]
+            continue
+        seconds = run_stage(stage, values, out / "logs")
+        record: dict = {"seconds": round(seconds, 1), "artifacts": {k: substitute(v, values) for k, v in
+                                                                    stage.artifacts.items()}}
+        if stage.summary:
+            stage_summary = read_stage_summary(Path(substitute(stage.summary, values)))
+            record |= {k: stage_summary.get(k) for k in ("accuracy", "mean_backtracks", "mean_length")}
+        results[stage.name] = record
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps({"seed": seed, "stages": results}, indent=2))
+        done_dir.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    summary = {"seed": seed, "stages": results}
+    summary_path.write_text(json.dumps(summary, indent=2))
+    print("\n" + format_table([{"stage": name, **r} for name, r in results.items()]), flush=True)
+    print(f"\nsummary: {summary_path}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="astro pipeline", description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--output_dir", type=str, default="runs/quickstart", help="Where every stage writes.")
+    parser.add_argument("--seed", type=int, default=0, help="Substituted for {seed} in stage commands.")
+    parser.add_argument("--start_from", type=str | None, default=None, help="Rerun from this stage on.")
+    parser.add_argument("--stages", type=list[Stage], default=[], help="The stages, in order.")
+    cfg = parser.parse_args(argv)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    stages = [Stage(**vars(s)) if not isinstance(s, Stage) else s for s in parser.instantiate_classes(cfg).stages]
+    run_pipeline(stages, cfg.output_dir, cfg.seed, cfg.start_from)
+    return 0

@@ -1,0 +1,52 @@
+"""Pipeline chaining: stage order, substitution, skip-on-rerun and restart, with a real (cheap) astro command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from astro_pl.pipeline import Stage, format_table, run_pipeline, substitute
+
+
+def test_substitute_replaces_known_placeholders_only():
+    assert substitute("{output_dir}/x/{seed}/{other}", {"output_dir": "runs/a", "seed": "3"}) == "runs/a/x/3/{other}"
+
+
+def test_format_table_shows_missing_values_as_dash():
+    table = format_table([{"stage": "sft", "accuracy": 0.5, "mean_backtracks": 1.25, "seconds": 12.4},
+                          {"stage": "model", "seconds": 1.0}])
+    assert "| sft | 0.500 | 1.25 | - | 12 |" in table
+    assert "| model | - | - | - | 1 |" in table
+
+
+def test_unknown_start_stage_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="--start_from 'nope'"):
+        run_pipeline([Stage(name="a", command=["--help"])], str(tmp_path), start_from="nope")
+
+
+def test_pipeline_runs_skips_finished_and_restarts(tmp_path, capsys):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("\n".join(json.dumps({"problem": f"Evaluate {i} + {i}.", "trace": f"\\boxed{{{2 * i}}}"})
+                               for i in range(50)) + "\n")
+    stage = Stage(name="model", command=["tiny-model", "--texts", f"[{texts}]", "--out", "{output_dir}/model",
+                                         "--vocab_size", "300", "--hidden_size", "64", "--intermediate_size", "64"],
+                  artifacts={"model": "{output_dir}/model"})
+    summary = run_pipeline([stage], str(tmp_path / "run"))
+    assert (tmp_path / "run/model/config.json").exists()
+    assert summary["stages"]["model"]["artifacts"]["model"] == str(tmp_path / "run/model")
+    assert json.loads((tmp_path / "run/summary.json").read_text()) == summary
+
+    (tmp_path / "run/model/config.json").unlink()
+    run_pipeline([stage], str(tmp_path / "run"))
+    assert "done before, skipped" in capsys.readouterr().out
+    assert not (tmp_path / "run/model/config.json").exists()
+
+    run_pipeline([stage], str(tmp_path / "run"), start_from="model")
+    assert (tmp_path / "run/model/config.json").exists()
+
+
+def test_failing_stage_stops_with_its_log(tmp_path):
+    with pytest.raises(SystemExit, match="stage 'bad' failed"):
+        run_pipeline([Stage(name="bad", command=["no-such-command"])], str(tmp_path))
+    assert (tmp_path / "logs/bad.log").read_text().startswith("astro: unknown command")
