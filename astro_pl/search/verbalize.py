@@ -1,0 +1,169 @@
+"""Turning a linearised node sequence into trace text: steps, the paper's reflection phrases, and the final answer.
+
+`verbalize` maps the events of `linearize.merge_paths` to text segments: each visited node's step, a doubt plus a
+backtrack (or restart) phrase after each incorrect terminal, a positive self-check after high-Q intermediate steps
+and after the final step, and a closing sentence with the final answer in `\\boxed{}`. Segments are joined with
+the step delimiter (a blank line).
+
+Departures from the paper: the paper quotes the backtrack phrase only as "Let's go back to where we ..." and has an
+LLM rewrite the prose; here the default template quotes the start of the step returned to, and the LLM rewrite of
+transitions (`rewrite_transitions`) is optional and off by default. The positive self-check reuses the paper's
+reflection question ("But wait, are we solving the problem correctly so far?") before "Our solution seems to be
+correct so far." (ours: the paper elides that part).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, NamedTuple
+
+from astro_pl.rollout.base import RolloutEngine, SamplingArgs
+from astro_pl.search.tree import SearchTree
+
+if TYPE_CHECKING:
+    from astro_pl.search.linearize import Event
+
+STEP_DELIMITER = "\n\n"
+
+
+@dataclass
+class Phrases:
+    """The fixed sentences of a trace; defaults are the paper's phrases.
+
+    Args:
+        question: Reflection question that opens every self-check, doubtful or positive.
+        doubt: Said after an incorrect terminal, before going back.
+        confirm: Said after a high-Q intermediate step and after the final step.
+        backtrack: Said when going back to an earlier step; `{step}` is the quoted start of that step.
+        restart: Said when going back to the problem itself (the root).
+        conclusion: Closes the trace; `{answer}` is the correct terminal's answer. Empty: end at the final
+            self-check (the final step itself already holds the `\\boxed{}` answer).
+        quote_chars: Most characters of a step quoted in `backtrack` (cut at a word boundary, then "...").
+    """
+
+    question: str = "But wait, are we solving the problem correctly so far?"
+    doubt: str = "Hmm... I'm not sure if we're solving the problem correctly so far."
+    confirm: str = "Hmm... Our solution seems to be correct so far."
+    backtrack: str = 'Let\'s go back to where we wrote "{step}" and try a different step from there.'
+    restart: str = "Let's restart our solution from the beginning."
+    conclusion: str = "Therefore, the final answer is $\\boxed{{{answer}}}$."
+    quote_chars: int = 60
+
+    def __post_init__(self) -> None:
+        if "{step}" not in self.backtrack:
+            raise ValueError(f"--phrases.backtrack must contain '{{step}}', got {self.backtrack!r}")
+        if self.conclusion and "{answer}" not in self.conclusion:
+            raise ValueError(f"--phrases.conclusion must contain '{{answer}}' or be empty, got {self.conclusion!r}")
+        if self.quote_chars < 8:
+            raise ValueError(f"--phrases.quote_chars must be >= 8, got {self.quote_chars}")
+
+
+class Segment(NamedTuple):
+    """One paragraph of a trace."""
+
+    text: str
+    kind: str
+    """"step" (a node's text), "check" (positive self-check), "backtrack" (doubt + backtrack or restart),
+    or "conclusion" (closing sentence with the answer)."""
+
+
+def quote_step(text: str, max_chars: int) -> str:
+    """The start of a step, on one line, cut at a word boundary to at most `max_chars` (then "...")."""
+    flat = " ".join(text.split())
+    if len(flat) <= max_chars:
+        return flat
+    cut = flat[: max_chars - 3]
+    if flat[max_chars - 3] != " " and " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:") + "..."
+
+
+def needs_self_check(tree: SearchTree, node_id: int, self_check_q: float | None) -> bool:
+    """A positive self-check follows a correct terminal, and an intermediate step visited with Q >= threshold."""
+    node = tree.nodes[node_id]
+    if node.terminal:
+        return bool(node.correct)
+    return self_check_q is not None and node.visits > 0 and node.value >= self_check_q
+
+
+def verbalize(tree: SearchTree, events: Sequence[Event], phrases: Phrases, self_check_q: float | None) -> list[Segment]:
+    """Text segments of a linearised sequence (see module docstring); the last event must be a correct terminal.
+
+    Args:
+        tree: The search tree the events index into.
+        events: Output of `merge_paths`.
+        phrases: The sentences to use.
+        self_check_q: Q at or above which an intermediate step gets a positive self-check; None: never.
+    """
+    if not events or events[-1].kind != "step" or not tree.nodes[events[-1].node].correct:
+        raise ValueError(f"tree {tree.problem_id}: a trace must end at a correct terminal")
+    reflection = f"{phrases.question} {phrases.doubt}".strip()
+    confirmation = f"{phrases.question} {phrases.confirm}".strip()
+    segments: list[Segment] = []
+    for event in events:
+        if event.kind == "step":
+            segments.append(Segment(tree.nodes[event.node].text, "step"))
+            if phrases.confirm and needs_self_check(tree, event.node, self_check_q):
+                segments.append(Segment(confirmation, "check"))
+        elif event.kind == "backtrack":
+            quote = quote_step(tree.nodes[event.node].text, phrases.quote_chars)
+            segments.append(Segment(f"{reflection} {phrases.backtrack.format(step=quote)}", "backtrack"))
+        elif event.kind == "restart":
+            segments.append(Segment(f"{reflection} {phrases.restart}", "backtrack"))
+        else:
+            raise ValueError(f"unknown event kind {event.kind!r}")
+    answer = tree.nodes[events[-1].node].answer
+    if phrases.conclusion and answer is not None:
+        segments.append(Segment(phrases.conclusion.format(answer=answer), "conclusion"))
+    return segments
+
+
+def join_segments(segments: Sequence[Segment]) -> str:
+    return STEP_DELIMITER.join(s.text.strip() for s in segments)
+
+
+REWRITE_INSTRUCTION = (
+    "Below are two consecutive steps of a math solution and the transition sentence between them. Rewrite the "
+    "transition so that the solution reads as one continuous line of thought, keeping its meaning (doubting the "
+    "last step and going back, restarting, or confirming the work so far). Do not solve anything and do not state "
+    "a final answer. Reply with the rewritten transition only.\n\n"
+    "Previous step:\n{before}\n\nTransition:\n{transition}\n\nNext step:\n{after}"
+)
+
+
+def rewrite_transitions(
+    segments: Sequence[Segment],
+    engine: RolloutEngine,
+    render: Callable[[str], str],
+    sampling: SamplingArgs | None = None,
+) -> list[Segment]:
+    """Asks the model to smooth every transition (self-check or backtrack) in one batched engine call.
+
+    A rewrite that is empty or contains `\\boxed` is dropped (the original phrase stays), so the final answer of
+    the trace cannot change; blank lines in a rewrite are folded so it stays one paragraph.
+
+    Args:
+        segments: Output of `verbalize`.
+        engine: Any rollout engine.
+        render: Turns the instruction text into a prompt (e.g. `lambda t: render_prompt(tokenizer, t)`).
+        sampling: Generation settings; default greedy, 128 tokens, n = 1.
+    """
+    sampling = sampling or SamplingArgs(n=1, temperature=0.0, max_tokens=128, logprobs=False)
+    if sampling.n != 1:
+        sampling = replace(sampling, n=1)
+    positions = [i for i, s in enumerate(segments) if s.kind in {"check", "backtrack"}]
+    if not positions:
+        return list(segments)
+    prompts = []
+    for i in positions:
+        before = segments[i - 1].text if i > 0 else ""
+        after = segments[i + 1].text if i + 1 < len(segments) else ""
+        prompts.append(render(REWRITE_INSTRUCTION.format(before=before, transition=segments[i].text, after=after)))
+    outputs = engine.generate(prompts, sampling)
+    rewritten = list(segments)
+    for i, completions in zip(positions, outputs, strict=True):
+        text = "\n".join(line.strip() for line in completions[0].text.strip().splitlines() if line.strip())
+        if text and "\\boxed" not in text:
+            rewritten[i] = Segment(text, segments[i].kind)
+    return rewritten
