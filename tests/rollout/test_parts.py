@@ -1,0 +1,76 @@
+"""The engines' small pieces: prompt encoding, completion trimming, per-sample seeds, the factory."""
+
+from __future__ import annotations
+
+import pytest
+
+from astro_pl.datamodules.chat import render_prompt
+from astro_pl.rollout import EngineArgs, SamplingArgs, build_engine
+from astro_pl.rollout.base import encode_prompts, first_stop
+from astro_pl.rollout.hf import trim_completion
+from astro_pl.rollout.vllm import SEED_STRIDE, sample_seed
+
+
+@pytest.fixture(scope="module")
+def tokenizer(hf_engine):
+    return hf_engine.tokenizer
+
+
+def test_rendered_prompts_get_one_bos(tokenizer):
+    (ids,) = encode_prompts(tokenizer, [render_prompt(tokenizer, "Evaluate 1 + 2.")])
+    assert ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id
+
+
+def test_encode_prompts_passes_ids_and_rejects_bad_input(tokenizer):
+    assert encode_prompts(tokenizer, [[5, 6]]) == [[5, 6]]
+    with pytest.raises(TypeError, match="list of prompts"):
+        encode_prompts(tokenizer, "Evaluate 1.")
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        encode_prompts(tokenizer, [[5], []])
+
+
+def test_first_stop_takes_the_earliest():
+    assert first_stop("ab\n\ncd END", ("END", "\n\n")) == 2
+    assert first_stop("abc", ("x",)) == -1
+
+
+def test_trim_at_eos_keeps_it_and_drops_padding(tokenizer):
+    ids = tokenizer("1 + 2", add_special_tokens=False)["input_ids"]
+    row = ids + [tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.pad_token_id]
+    c = trim_completion(tokenizer, row, [-1.0] * len(row), {tokenizer.eos_token_id}, SamplingArgs())
+    assert c.token_ids == ids + [tokenizer.eos_token_id] and c.text == "1 + 2"
+    assert c.finish_reason == "stop" and len(c.logprobs) == len(ids) + 1
+
+
+def test_trim_at_stop_string_keeps_completing_token(tokenizer):
+    ids = tokenizer("Compute 2 * 3 = 6.\n\nThen 7", add_special_tokens=False)["input_ids"]
+    c = trim_completion(tokenizer, ids, [-0.5] * len(ids), {tokenizer.eos_token_id}, SamplingArgs(stop=("\n\n",)))
+    assert c.text == "Compute 2 * 3 = 6." and c.finish_reason == "stop"
+    kept = tokenizer.decode(c.token_ids)
+    assert "\n\n" in kept and "\n\n" not in tokenizer.decode(c.token_ids[:-1])
+    assert len(c.logprobs) == len(c.token_ids) < len(ids)
+
+
+def test_trim_without_stop_is_length(tokenizer):
+    ids = tokenizer("1 + 2", add_special_tokens=False)["input_ids"]
+    c = trim_completion(tokenizer, ids, [], {tokenizer.eos_token_id}, SamplingArgs(stop=("x",), logprobs=False))
+    assert (c.text, c.token_ids, c.finish_reason, c.logprobs) == ("1 + 2", ids, "length", [])
+
+
+def test_sample_seeds_are_distinct_across_prompts_and_samples():
+    seeds = {sample_seed(5, i, j) for i in range(4) for j in range(8)}
+    assert len(seeds) == 32 and sample_seed(5, 1, 0) == 6 * SEED_STRIDE
+    assert sample_seed(None, 3, 2) is None
+
+
+def test_build_engine_rejects_unknown_kind(tmp_path):
+    with pytest.raises(ValueError, match="'vllm' or 'hf'"):
+        build_engine("sglang", EngineArgs(model=str(tmp_path)))
+
+
+def test_vllm_on_cpu_refuses_a_separate_engine_process(monkeypatch):
+    from astro_pl.rollout.vllm import configure_vllm_env
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    with pytest.raises(ValueError, match="VLLM_ENABLE_V1_MULTIPROCESSING is '1', set it to 0"):
+        configure_vllm_env(cuda=False)
