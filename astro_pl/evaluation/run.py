@@ -1,0 +1,324 @@
+"""`astro eval`: sample k answers per benchmark problem, score them, and write the table and backtrack analysis.
+
+    astro eval --config configs/eval/math.yaml [--shard 0/4] [--limit 10] [--print_config]
+    astro eval --merge runs/eval/math          # after all shards: one summary, as an unsharded run gives
+
+The model is a Hugging Face folder (an export) or `model` plus a Lightning `checkpoint` whose `state_dict`
+replaces its weights through the engine's `load_weights`. Problem i of the run (benchmarks concatenated in
+order) is sampled with seed `seed + i`, so its samples do not depend on batching or sharding. A shard is a
+contiguous block of problems; it writes `samples.shard-I-of-N.jsonl` and `settings.shard-I-of-N.json`, and
+`--merge` turns a folder of shards into `samples.jsonl`, `summary.json`, `summary.md` and `backtracks.png`,
+the files an unsharded run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm import tqdm
+
+from astro_pl.datamodules.chat import render_prompt
+from astro_pl.datamodules.problems import Problem, load_benchmark, synthetic_arithmetic
+from astro_pl.evaluation.backtracks import (
+    DEFAULT_BACKTRACK_PHRASES,
+    DEFAULT_REFLECTION_PHRASES,
+    count_backtracks,
+    count_reflections,
+)
+from astro_pl.evaluation.report import summarize, write_report
+from astro_pl.rewards.math import answers_match, extract_final_answer
+from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
+
+# Settings that change scores; a summary records them and merging refuses shards that disagree on them.
+SCORED_SETTINGS = ("model", "checkpoint", "benchmarks", "synthetic", "limit", "num_samples", "temperature", "top_p",
+                   "max_tokens", "seed", "system_prompt", "pass_at", "maj_at", "backtrack_phrases",
+                   "reflection_phrases", "max_backtracks")
+
+
+@dataclass
+class SyntheticArgs:
+    """The built-in arithmetic problems (see `astro_pl.datamodules.problems.synthetic_arithmetic`)."""
+
+    num_problems: int = 100
+    """How many problems."""
+    seed: int = 0
+    """Generator seed (a different seed gives different problems)."""
+    min_operations: int = 2
+    """Fewest operators per expression."""
+    max_operations: int = 3
+    """Most operators per expression."""
+    operand_min: int = 1
+    """Smallest operand."""
+    operand_max: int = 9
+    """Largest operand."""
+
+
+@dataclass
+class EvalArgs:
+    """What to evaluate, on what, and how to sample."""
+
+    model: str | None = None
+    """Hugging Face model folder or hub name (weights unless `checkpoint` is set; always the tokenizer)."""
+    checkpoint: str | None = None
+    """Lightning .ckpt file whose state_dict (a leading "model." stripped) replaces the weights of `model`."""
+    engine: Literal["vllm", "hf"] = "vllm"
+    """Rollout engine: vLLM, or transformers' generate."""
+    engine_args: dict = field(default_factory=dict)
+    """Further `EngineArgs` fields (dtype, max_model_len, enforce_eager, gpu_memory_utilization, ...)."""
+    benchmarks: list[str] = field(default_factory=list)
+    """Benchmark names (math500, amc23, aime24, gsm8k, math_train), .jsonl/.json/.parquet files or hf:NAME[:SPLIT]."""
+    synthetic: SyntheticArgs | None = None
+    """Also evaluate on seeded synthetic arithmetic problems (benchmark name "synthetic")."""
+    data_dir: str | None = None
+    """Folder of the named benchmark files; default $ASTRO_DATA_DIR or shared/data beside the repository."""
+    limit: int | None = None
+    """Evaluate only the first `limit` problems of each benchmark (quick runs)."""
+    num_samples: int = 16
+    """Samples per problem (k); pass@1 is averaged over them."""
+    temperature: float = 0.6
+    """Sampling temperature (0: greedy)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    max_tokens: int = 2048
+    """Most new tokens per sample."""
+    seed: int = 0
+    """Problem i of the run is sampled with seed `seed + i`."""
+    system_prompt: str | None = None
+    """System message placed before each problem (None: the bare problem, as in training)."""
+    pass_at: list[int] = field(default_factory=lambda: [1])
+    """Also report unbiased pass@k for these k (each <= num_samples)."""
+    maj_at: list[int] = field(default_factory=list)
+    """Report majority vote over the first k samples for these k (each <= num_samples)."""
+    backtrack_phrases: list[str] = field(default_factory=lambda: list(DEFAULT_BACKTRACK_PHRASES))
+    """Phrases that mark a backtrack (go back / restart); each occurrence counts once."""
+    reflection_phrases: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_PHRASES))
+    """Phrases that mark a self-check question (reported apart from backtracks)."""
+    max_backtracks: int = 8
+    """Last bin of accuracy-by-backtracks (it holds every response with at least this many)."""
+    batch_size: int = 32
+    """Problems per engine call."""
+    out_dir: str = "runs/eval"
+    """Output folder."""
+    shard: str | None = None
+    """Evaluate only shard I of N ("I/N", 0-based) and write shard files; combine them with `--merge`."""
+    merge: str | None = None
+    """Instead of evaluating, combine the shard files in this folder into one summary."""
+
+    def __post_init__(self) -> None:
+        if self.merge:
+            return
+        if not self.model:
+            raise ValueError("--model is required (a Hugging Face model folder or hub name)")
+        if not self.benchmarks and self.synthetic is None:
+            raise ValueError("give --benchmarks and/or --synthetic")
+        if self.num_samples < 1:
+            raise ValueError(f"--num_samples must be >= 1, got {self.num_samples}")
+        for flag, values in (("pass_at", self.pass_at), ("maj_at", self.maj_at)):
+            if any(not 1 <= k <= self.num_samples for k in values):
+                raise ValueError(f"--{flag} values must be in [1, num_samples={self.num_samples}], got {values}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.shard is not None:
+            parse_shard(self.shard)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "I/N" -> (I, N) with 0 <= I < N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard_range(num_items: int, index: int, count: int) -> range:
+    """Contiguous block `index` of `count` near-equal blocks of range(num_items)."""
+    return range(index * num_items // count, (index + 1) * num_items // count)
+
+
+def load_eval_problems(args: EvalArgs) -> list[tuple[str, Problem]]:
+    """(benchmark name, problem) for every benchmark in order, synthetic last."""
+    items = [(name, p) for name in args.benchmarks
+             for p in load_benchmark(name, data_dir=args.data_dir, limit=args.limit)]
+    if args.synthetic is not None:
+        items += [("synthetic", p) for p in synthetic_arithmetic(**asdict(args.synthetic))[: args.limit]]
+    return items
+
+
+def checkpoint_weights(path: str | Path, model: str) -> dict[str, torch.Tensor]:
+    """Hugging Face-named weights of a Lightning checkpoint, checked against the parameters of `model`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a sharded checkpoint folder; consolidate it first: "
+                         f"python -m lightning.fabric.utilities.consolidate_checkpoint {path}")
+    # Lightning checkpoints pickle hyperparameters next to the tensors: load only checkpoints you trust.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    state = checkpoint["state_dict"]
+    if any(name.startswith("model.") for name in state):
+        state = {name.removeprefix("model."): t for name, t in state.items() if name.startswith("model.")}
+    with torch.device("meta"):
+        expected = set(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{path}: state_dict does not fit {model}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return state
+
+
+def build_engine(args: EvalArgs) -> RolloutEngine:
+    """The engine named by `args.engine`, with the checkpoint's weights loaded when one is given."""
+    from astro_pl.rollout import build_engine as build
+
+    try:
+        engine_args = EngineArgs(model=args.model, seed=args.seed, **args.engine_args)
+    except TypeError as e:
+        raise ValueError(f"--engine_args: {e}") from None
+    engine = build(args.engine, engine_args)
+    if args.checkpoint:
+        engine.load_weights(checkpoint_weights(args.checkpoint, args.model).items())
+    return engine
+
+
+def score_sample(benchmark: str, index: int, problem: Problem, sample: int, completion, args: EvalArgs) -> dict:
+    """One per-sample record: the extracted answer, its correctness, backtracks and length."""
+    answer = extract_final_answer(completion.text)
+    return {
+        "benchmark": benchmark,
+        "problem_id": problem.id,
+        "index": index,
+        "sample": sample,
+        "gold": problem.answer,
+        "answer": answer,
+        "correct": answer is not None and answers_match(answer, problem.answer),
+        "backtracks": count_backtracks(completion.text, args.backtrack_phrases),
+        "reflections": count_reflections(completion.text, args.reflection_phrases),
+        "length": len(completion.token_ids),
+        "finish_reason": completion.finish_reason,
+        "text": completion.text,
+    }
+
+
+def generate_records(engine: RolloutEngine, tokenizer, items: list[tuple[int, str, Problem]], args: EvalArgs
+                     ) -> Iterator[dict]:
+    """Samples and scores `items` (global index, benchmark, problem) in batches, with a progress bar."""
+    with tqdm(total=len(items), desc="eval", unit="problem") as progress:
+        for start in range(0, len(items), args.batch_size):
+            batch = items[start:start + args.batch_size]
+            # Consecutive global indices, so prompt j of the call gets seed + its global index.
+            params = SamplingArgs(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+                                  max_tokens=args.max_tokens, seed=args.seed + batch[0][0], logprobs=False)
+            prompts = [render_prompt(tokenizer, problem.problem, args.system_prompt) for _, _, problem in batch]
+            for (index, benchmark, problem), completions in zip(batch, engine.generate(prompts, params), strict=True):
+                for sample, completion in enumerate(completions):
+                    yield score_sample(benchmark, index, problem, sample, completion, args)
+            progress.update(len(batch))
+
+
+def scored_settings(args: EvalArgs) -> dict:
+    settings = asdict(args)
+    return {key: settings[key] for key in SCORED_SETTINGS}
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> list[dict]:
+    """Writes records as they come (a long run keeps what it finished) and returns them."""
+    kept = []
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            kept.append(record)
+    return kept
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def finish(records: list[dict], settings: dict, out_dir: Path) -> dict:
+    """Summary, Markdown table (printed), JSON and plot of a complete set of records."""
+    summary = summarize(records, settings)
+    print(write_report(summary, out_dir))
+    return summary
+
+
+def evaluate(args: EvalArgs, engine: RolloutEngine | None = None, tokenizer=None) -> dict | None:
+    """Runs the evaluation; returns the summary (None for a shard). An `engine` passed in is used and kept open."""
+    from astro_pl.modules.models import load_tokenizer
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    problems = load_eval_problems(args)
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    items = [(i, *problems[i]) for i in shard_range(len(problems), *shard)]
+    tokenizer = tokenizer or load_tokenizer(args.engine_args.get("tokenizer") or args.model)
+    own_engine = engine is None
+    engine = engine or build_engine(args)
+    suffix = f".shard-{shard[0]}-of-{shard[1]}" if args.shard else ""
+    try:
+        records = write_jsonl(out_dir / f"samples{suffix}.jsonl", generate_records(engine, tokenizer, items, args))
+    finally:
+        if own_engine:
+            engine.close()
+    settings = scored_settings(args)
+    if args.shard:
+        (out_dir / f"settings{suffix}.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        print(f"shard {args.shard}: {len(items)} problems, {len(records)} samples in {out_dir}; "
+              f"after all shards: astro eval --merge {out_dir}")
+        return None
+    return finish(records, settings, out_dir)
+
+
+def merge_shards(folder: str | Path) -> dict:
+    """Combines `samples.shard-I-of-N.jsonl` files (all N of them, equal settings) into one summary."""
+    folder = Path(folder)
+    found = {tuple(map(int, m.groups())): path for path in folder.glob("settings.shard-*-of-*.json")
+             if (m := re.fullmatch(r"settings\.shard-(\d+)-of-(\d+)\.json", path.name))}
+    counts = {n for _, n in found}
+    if len(counts) != 1:
+        raise ValueError(f"{folder}: expected shard files of one run (settings.shard-I-of-N.json), found "
+                         f"{sorted(p.name for p in found.values()) or 'none'}")
+    (count,) = counts
+    missing = [i for i in range(count) if (i, count) not in found]
+    if missing:
+        raise ValueError(f"{folder}: shards {missing} of {count} are missing")
+    settings = [json.loads(found[i, count].read_text(encoding="utf-8")) for i in range(count)]
+    if any(s != settings[0] for s in settings):
+        raise ValueError(f"{folder}: the shards were run with different settings")
+    records = [r for i in range(count) for r in read_jsonl(folder / f"samples.shard-{i}-of-{count}.jsonl")]
+    records.sort(key=lambda r: (r["index"], r["sample"]))
+    write_jsonl(folder / "samples.jsonl", records)
+    return finish(records, settings[0], folder)
+
+
+def parse_args(argv: list[str] | None) -> EvalArgs:
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
+    parser = ArgumentParser(prog="astro eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
+    parser.add_class_arguments(EvalArgs, as_group=False)
+    config = parser.instantiate(parser.parse_args(argv)).as_dict()
+    config.pop("config", None)
+    try:
+        return EvalArgs(**config)
+    except ValueError as e:
+        parser.error(str(e))  # usage and the message, exit code 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.merge:
+        merge_shards(args.merge)
+    else:
+        evaluate(args)
+    return 0
