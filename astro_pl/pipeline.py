@@ -26,14 +26,16 @@ class Stage:
     Args:
         name: Stage name, unique within the pipeline (used by --start_from and in the table).
         command: `astro` arguments; "{output_dir}" and "{seed}" are substituted.
-        summary: JSON file (same substitutions) with at least `accuracy` and `mean_backtracks`, read after the
-            stage for the table; empty for stages that evaluate nothing.
+        summary: An `astro eval` summary.json (same substitutions) read after the stage for the table: its
+            benchmark's pass@1 is the stage's accuracy. Empty for stages that evaluate nothing.
+        benchmark: Which benchmark of that summary to report; empty when it holds only one.
         artifacts: Named paths (same substitutions) recorded in the pipeline summary, e.g. traces or checkpoints.
     """
 
     name: str
     command: list[str]
     summary: str = ""
+    benchmark: str = ""
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
@@ -61,12 +63,18 @@ def run_stage(stage: Stage, values: dict[str, str], log_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def read_stage_summary(path: Path) -> dict:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    missing = [k for k in ("accuracy", "mean_backtracks") if k not in data]
-    if missing:
-        raise ValueError(f"{path}: stage summary lacks field(s) {', '.join(missing)}")
-    return data
+def read_eval_summary(path: Path, benchmark: str = "") -> dict:
+    """accuracy (pass@1), mean_backtracks and mean_length of one benchmark of an `astro eval` summary."""
+    benchmarks = json.loads(path.read_text(encoding="utf-8"))["benchmarks"]
+    if not benchmark:
+        if len(benchmarks) != 1:
+            raise ValueError(f"{path}: holds benchmarks {sorted(benchmarks)}; name one in the stage's `benchmark`")
+        benchmark = next(iter(benchmarks))
+    if benchmark not in benchmarks:
+        raise ValueError(f"{path}: no benchmark {benchmark!r}; it has {sorted(benchmarks)}")
+    scores = benchmarks[benchmark]
+    return {"accuracy": scores["pass@1"], "mean_backtracks": scores["mean_backtracks"],
+            "mean_length": scores["mean_length"]}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -109,8 +117,7 @@ def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from
         record: dict = {"seconds": round(seconds, 1), "artifacts": {k: substitute(v, values) for k, v in
                                                                     stage.artifacts.items()}}
         if stage.summary:
-            stage_summary = read_stage_summary(Path(substitute(stage.summary, values)))
-            record |= {k: stage_summary.get(k) for k in ("accuracy", "mean_backtracks", "mean_length")}
+            record |= read_eval_summary(Path(substitute(stage.summary, values)), stage.benchmark)
         results[stage.name] = record
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps({"seed": seed, "stages": results}, indent=2))

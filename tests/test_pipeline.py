@@ -50,3 +50,17 @@ def test_failing_stage_stops_with_its_log(tmp_path):
     with pytest.raises(SystemExit, match="stage 'bad' failed"):
         run_pipeline([Stage(name="bad", command=["no-such-command"])], str(tmp_path))
     assert (tmp_path / "logs/bad.log").read_text().startswith("astro: unknown command")
+
+
+def test_eval_summary_gives_pass_at_1_of_the_named_benchmark(tmp_path):
+    from astro_pl.pipeline import read_eval_summary
+
+    path = tmp_path / "summary.json"
+    scores = {"pass@1": 0.25, "mean_backtracks": 1.5, "mean_length": 40.0}
+    path.write_text(json.dumps({"benchmarks": {"synthetic": scores, "math500": {**scores, "pass@1": 0.1}}}))
+    assert read_eval_summary(path, "synthetic") == {"accuracy": 0.25, "mean_backtracks": 1.5, "mean_length": 40.0}
+    assert read_eval_summary(path, "math500")["accuracy"] == 0.1
+    with pytest.raises(ValueError, match="name one"):
+        read_eval_summary(path)
+    with pytest.raises(ValueError, match="no benchmark 'aime24'"):
+        read_eval_summary(path, "aime24")
