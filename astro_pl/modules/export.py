@@ -1,0 +1,86 @@
+"""Exporting a trained model in Hugging Face format, loadable by `AutoModelForCausalLM` and vLLM.
+
+Works for plain and FSDP2-sharded models (the full state dict is gathered to rank 0 first) and for LoRA models,
+which are either merged into the base weights (one standalone model; what vLLM serves) or saved as a PEFT adapter
+(`adapter_config.json` names the base model, so transformers loads it on top of that).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from astro_pl.modules.models import resolve_dtype
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded CPU state dict; collective under FSDP2 (call on every rank), full only on rank 0."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def rebuild(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """A fresh CPU copy of `model` (HF model, maybe PEFT-wrapped) holding `state`, in `dtype`."""
+    from transformers import AutoModelForCausalLM
+
+    peft_config = getattr(model, "peft_config", None)
+    base = model.get_base_model() if peft_config else model
+    fresh = AutoModelForCausalLM.from_config(base.config, dtype=dtype)
+    if peft_config:
+        from peft import get_peft_model
+
+        fresh = get_peft_model(fresh, peft_config["default"])
+    fresh.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    return fresh
+
+
+def export_hf(model: nn.Module, tokenizer, out_dir: str | Path, merge_lora: bool = True, dtype: str = "auto",
+              is_global_zero: bool = True) -> Path:
+    """Writes model + tokenizer to `out_dir` with `save_pretrained`; call on every rank.
+
+    Args:
+        model: The trained HF causal LM (plain, FSDP2-sharded, and/or PEFT LoRA).
+        tokenizer: Its tokenizer.
+        out_dir: Output directory.
+        merge_lora: Merge LoRA weights into the base (a standalone model) instead of saving an adapter.
+        dtype: Dtype of the saved weights ("auto": bf16 on a bf16 GPU, else float32).
+        is_global_zero: Only rank 0 writes.
+    """
+    state = full_state_dict(model)
+    out_dir = Path(out_dir)
+    if is_global_zero:
+        fresh = rebuild(model, state, resolve_dtype(dtype))
+        if getattr(fresh, "peft_config", None) and merge_lora:
+            fresh = fresh.merge_and_unload()
+        fresh.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+class HFExport(L.Callback):
+    """Exports `pl_module.model` and the tokenizer in HF format at the end of `fit`.
+
+    The tokenizer is the DataModule's `tokenizer` (what the model was trained on) or else `pl_module.tokenizer`.
+
+    Args:
+        dirpath: Output directory.
+        merge_lora: Merge LoRA weights into the base model (true) or save a PEFT adapter (false).
+        dtype: Saved dtype: "auto", "float32", "bfloat16" or "float16".
+    """
+
+    def __init__(self, dirpath: str, merge_lora: bool = True, dtype: str = "auto") -> None:
+        self.dirpath, self.merge_lora, self.dtype = dirpath, merge_lora, dtype
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None) or pl_module.tokenizer
+        export_hf(pl_module.model, tokenizer, self.dirpath, self.merge_lora, self.dtype,
+                  trainer.is_global_zero)
+        trainer.strategy.barrier()

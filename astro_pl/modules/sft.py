@@ -1,0 +1,182 @@
+"""ASTRO-SFT: supervised fine-tuning of a causal LM on search traces (stage 3 of ASTRO).
+
+Paper (reported): full fine-tune, 1 epoch, AdamW lr 3e-6 with cosine decay, sequence length 8192, loss on all
+tokens. Here LoRA (peft) is an option, the model is any HF causal LM by path, and under `ModelParallelStrategy` each
+decoder layer is an FSDP2 unit. The loss is the token-level mean over the whole global batch (summed per rank,
+divided by the all-reduced token count), so it does not depend on how rows are split across devices.
+The model is exported in HF format by the `astro_pl.modules.export.HFExport` callback.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from astro_pl.modules.fsdp import shard_decoder
+from astro_pl.modules.models import load_causal_lm, load_tokenizer, resolve_dtype
+from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
+
+
+@dataclass
+class LoraArgs:
+    """LoRA adapters (peft) instead of a full fine-tune."""
+
+    r: int = 16
+    """Rank of the adapter matrices."""
+    alpha: int = 32
+    """Scaling numerator: updates are scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Names of the linear layers that get adapters (Llama: q/k/v/o_proj, gate/up/down_proj)."""
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy and the number of predicted tokens.
+
+    Args:
+        logits: [B, T, V] model outputs.
+        labels: [B, T] token ids, -100 where no loss is taken; position t is predicted from t - 1.
+
+    Returns:
+        (loss summed over tokens, number of tokens) as scalars.
+    """
+    targets = labels[:, 1:]  # [B, T-1]
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return loss, (targets != -100).sum()
+
+
+class SFTModule(L.LightningModule):
+    """Fine-tunes a Hugging Face causal LM on rendered traces (batches from `TraceDataModule`).
+
+    Args:
+        model_path: HF model directory or hub name (tiny CPU runs: a `build_tiny_llama` directory).
+        dtype: Dtype of the stored (master) weights; "float32" keeps AdamW exact, "auto" is bf16 on GPU.
+        compute_dtype: Dtype of forward/backward ("auto": bf16 on a bf16 GPU, float32 on CPU).
+        attn_implementation: "sdpa", "flash_attention_2" or "eager"; packed rows need sdpa/eager on CPU.
+        gradient_checkpointing: Recompute activations in backward (long sequences).
+        lora: LoRA settings; None trains all weights.
+        optim: AdamW and warmup + cosine schedule.
+        max_grad_norm: Clip the global gradient norm to this; None only measures it.
+        reshard_after_forward: FSDP2: free gathered layer weights after forward (saves memory, costs a re-gather).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        compute_dtype: str = "auto",
+        attn_implementation: str | None = "sdpa",
+        gradient_checkpointing: bool = False,
+        lora: LoraArgs | None = None,
+        optim: OptimArgs | None = None,
+        max_grad_norm: float | None = 1.0,
+        reshard_after_forward: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_path = model_path
+        self.dtype_name, self.compute_dtype = dtype, resolve_dtype(compute_dtype)
+        self.attn_implementation, self.gradient_checkpointing = attn_implementation, gradient_checkpointing
+        self.lora, self.optim = lora, optim or OptimArgs()
+        self.max_grad_norm, self.reshard_after_forward = max_grad_norm, reshard_after_forward
+        self.model = None
+        self._tokenizer = None
+        self._step_start = 0.0
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model_path)
+        return self._tokenizer
+
+    # ---- model ----
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        model = load_causal_lm(self.model_path, self.dtype_name, self.attn_implementation)
+        model.config.use_cache = False
+        model.train()  # from_pretrained returns eval mode
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            if self.gradient_checkpointing:
+                model.enable_input_require_grads()
+            config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                                target_modules=list(self.lora.target_modules), task_type="CAUSAL_LM")
+            model = get_peft_model(model, config)
+        if self.device_mesh is not None:
+            param_dtype = None if self.compute_dtype == torch.float32 else self.compute_dtype
+            shard_decoder(model, self.device_mesh["data_parallel"], param_dtype, self.reshard_after_forward)
+        self.model = model
+
+    def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed token loss, token count) of this rank's micro-batch."""
+        autocast = self.compute_dtype != torch.float32 and self.device_mesh is None
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
+            logits = self.model(
+                input_ids=batch["input_ids"],
+                position_ids=batch["position_ids"],
+                attention_mask=batch.get("attention_mask"),  # None for packed rows: segments come from position ids
+                use_cache=False,
+            ).logits
+        return token_loss_sum(logits, batch["labels"])
+
+    def global_sum(self, value: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(value.detach().float(), reduce_op="sum")
+
+    # ---- steps ----
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss_sum, count = self.forward_loss(batch)
+        world = self.trainer.world_size
+        global_count = self.global_sum(count).clamp(min=1)
+        # gradients are averaged over ranks, so scale by world size: the result is the global token mean
+        loss = loss_sum * world / global_count
+        tokens = self.global_sum(batch["num_tokens"])
+        positions = self.global_sum(batch["num_positions"])
+        self.log_dict({
+            "train/loss": self.global_sum(loss_sum) / global_count,
+            "train/padding_fraction": 1 - tokens / positions,
+        }, on_step=True, prog_bar=True, rank_zero_only=True)
+        self._tokens = tokens
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        self.log("train/grad_norm", norm, on_step=True, rank_zero_only=True)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, rank_zero_only=True)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._step_start
+        self.log("train/tokens_per_sec", self._tokens / elapsed, on_step=True, rank_zero_only=True)
+
+    def _eval_step(self, batch: dict, name: str) -> None:
+        loss_sum, count = self.forward_loss(batch)
+        self.log(name, loss_sum / count.clamp(min=1), sync_dist=True, batch_size=int(count), on_epoch=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val/loss")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test/loss")
+
+    def on_fit_start(self) -> None:
+        stats = getattr(self.trainer.datamodule, "stats", None)
+        if stats and self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({f"data/{k}": float(v) for k, v in stats.items()}, step=0)
+
+    def configure_optimizers(self) -> dict:
+        total_steps = self.trainer.estimated_stepping_batches
+        return configure_adamw_cosine(self.model.named_parameters(), self.optim, total_steps)

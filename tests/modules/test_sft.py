@@ -1,0 +1,146 @@
+"""SFTModule: packed loss = one-by-one loss, the LR schedule, LoRA and full training, HF + vLLM loading of exports."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from astro_pl.datamodules.packing import collate_packed, collate_padded
+from astro_pl.datamodules.traces import TraceDataModule
+from astro_pl.modules.checkpointing import AtomicCheckpoint
+from astro_pl.modules.export import HFExport, export_hf
+from astro_pl.modules.optim import OptimArgs, warmup_cosine
+from astro_pl.modules.sft import LoraArgs, SFTModule, token_loss_sum
+from tests.datamodules.test_traces import write_traces
+
+
+def built(module: SFTModule) -> SFTModule:
+    module.configure_model()
+    return module
+
+
+def test_packed_loss_equals_mean_loss_of_examples_run_one_by_one(tiny_model_dir):
+    module = built(SFTModule(model_path=str(tiny_model_dir), attn_implementation="sdpa")).eval()
+    gen = torch.Generator().manual_seed(0)
+    examples = []
+    for n in (5, 17, 9, 30, 3, 12):
+        ids = torch.randint(5, 400, (n,), generator=gen)
+        examples.append({"input_ids": ids, "labels": ids.clone()})
+    total, count = torch.tensor(0.0), torch.tensor(0)
+    with torch.no_grad():
+        for ex in examples:  # each alone: no padding, no packing
+            s, c = module.forward_loss(collate_padded([ex], pad_id=0, pad_to_multiple_of=1))
+            total, count = total + s, count + c
+        packed = collate_packed([examples[:3], examples[3:]], pad_id=0)  # rows of 31 and 45 tokens (+ padding)
+        s, c = module.forward_loss(packed)
+    assert c == count == sum(n - 1 for n in (5, 17, 9, 30, 3, 12))
+    assert abs((s / c).item() - (total / count).item()) < 1e-5
+    # without position-id segments (one long sequence) the loss differs: the test can fail
+    packed["position_ids"] = torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"])
+    with torch.no_grad():
+        s_leak, _ = module.forward_loss(packed)
+    assert abs((s_leak / c).item() - (total / count).item()) > 1e-3
+
+
+def test_token_loss_sum_by_hand():
+    # uniform logits over 4 classes: every predicted token costs ln 4; 2 targets (the -100 is skipped)
+    logits = torch.zeros(1, 4, 4)
+    loss, count = token_loss_sum(logits, torch.tensor([[1, 2, -100, 3]]))
+    assert count == 2 and math.isclose(loss.item(), 2 * math.log(4), rel_tol=1e-6)
+
+
+def test_warmup_cosine_schedule_by_hand():
+    # 10 steps, 2 warmup: 0.5, 1.0, then cosine over 8 steps to min 0.1
+    assert warmup_cosine(0, 10, 2) == 0.5 and warmup_cosine(1, 10, 2) == 1.0
+    assert warmup_cosine(2, 10, 2) == 1.0
+    assert math.isclose(warmup_cosine(6, 10, 2, 0.1), 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert math.isclose(warmup_cosine(10, 10, 2, 0.1), 0.1)
+    with pytest.raises(ValueError, match="--model.optim.warmup_ratio"):
+        OptimArgs(warmup_ratio=1.5)
+
+
+def fit(tmp_path, tiny_model_dir, module: SFTModule, export: HFExport, steps: int = 3):
+    data = write_traces(tmp_path / "traces.jsonl", n=16)
+    dm = TraceDataModule(tokenizer_path=str(tiny_model_dir), train_file=str(data), max_seq_len=256, batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[export], use_distributed_sampler=False)
+    trainer.fit(module, dm)
+    return next(iter(dm.train_dataloader()))
+
+
+def hf_logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+
+
+def test_lora_training_exports_merged_and_adapter_that_transformers_loads(tmp_path, tiny_model_dir):
+    lora = LoraArgs(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    module = SFTModule(model_path=str(tiny_model_dir), lora=lora, optim=OptimArgs(lr=1e-2, warmup_ratio=0.0),
+                       gradient_checkpointing=True)
+    merged, adapter = tmp_path / "merged", tmp_path / "adapter"
+    batch = fit(tmp_path, tiny_model_dir, module, HFExport(str(merged), merge_lora=True, dtype="float32"))
+    export_hf(module.model, module.tokenizer, adapter, merge_lora=False, dtype="float32")
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not (merged / "adapter_config.json").exists() and (adapter / "adapter_config.json").exists()
+    expected = hf_logits(module.model.eval(), batch)
+    for out in (merged, adapter):
+        loaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+        assert torch.allclose(hf_logits(loaded, batch), expected, atol=1e-4), out.name
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    assert not torch.allclose(hf_logits(base, batch), expected, atol=1e-3)  # LoRA training changed the model
+
+
+def test_a_crash_during_a_checkpoint_save_leaves_last_loadable(tmp_path, tiny_model_dir, monkeypatch):
+    saves = []
+    real_save = L.Trainer.save_checkpoint
+
+    def crashing_save(trainer, filepath, weights_only=False, storage_options=None):
+        saves.append(filepath)
+        if len(saves) == 2:  # half-written, then the process "dies"
+            Path(filepath).write_bytes(b"torn")
+            raise RuntimeError("killed during save")
+        real_save(trainer, filepath, weights_only, storage_options)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", crashing_save)
+    data = write_traces(tmp_path / "traces.jsonl", n=16)
+    dm = TraceDataModule(tokenizer_path=str(tiny_model_dir), train_file=str(data), max_seq_len=128, batch_size=2)
+    ckpt = AtomicCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last="link", every_n_train_steps=1)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False, callbacks=[ckpt])
+    with pytest.raises(RuntimeError, match="killed during save"):
+        trainer.fit(SFTModule(model_path=str(tiny_model_dir)), dm)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.is_symlink() and torch.load(last, weights_only=False)["global_step"] == 1
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt.partial", "last.ckpt"
+    ]
+
+
+def test_full_finetune_export_loads_in_transformers_and_vllm(tmp_path, tiny_model_dir):
+    from astro_pl.datamodules.chat import render_prompt
+    from astro_pl.rollout.base import EngineArgs, SamplingArgs
+    from astro_pl.rollout.vllm import VLLMEngine
+
+    module = SFTModule(model_path=str(tiny_model_dir), optim=OptimArgs(lr=1e-2, warmup_ratio=0.0))
+    out = tmp_path / "export"
+    batch = fit(tmp_path, tiny_model_dir, module, HFExport(str(out), dtype="float32"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert torch.allclose(hf_logits(loaded, batch), hf_logits(module.model.eval(), batch), atol=1e-5)
+
+    tokenizer = module.tokenizer
+    prompt = render_prompt(tokenizer, "Evaluate 3 + 4 * 5.")
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hf_tokens = loaded.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)[0, ids.shape[1]:]
+    engine = VLLMEngine(EngineArgs(model=str(out), dtype="float32", max_model_len=256, enforce_eager=True))
+    try:
+        [[completion]] = engine.generate([prompt], SamplingArgs(temperature=0.0, max_tokens=12, logprobs=False))
+    finally:
+        engine.close()
+    assert list(completion.token_ids[: len(hf_tokens)]) == hf_tokens.tolist()[: len(completion.token_ids)]
+    assert len(completion.token_ids) > 0
