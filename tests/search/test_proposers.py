@@ -1,0 +1,143 @@
+"""Step proposers: the scripted arithmetic teacher, and the LLM proposer over the real vLLM engine (tiny Llama)."""
+
+from __future__ import annotations
+
+import pytest
+
+from astro_pl.datamodules.problems import synthetic_arithmetic
+from astro_pl.modules.models import load_tokenizer
+from astro_pl.rewards.math import answers_match
+from astro_pl.search.mcts import SearchArgs, search_trees
+from astro_pl.search.proposers import (
+    LLMProposerArgs,
+    LLMStepProposer,
+    ScriptedArithmeticTeacher,
+    State,
+    StepProposer,
+    TeacherArgs,
+    normalise,
+)
+
+PROBLEM = "Evaluate 7 + 5 * 3 - 2."
+
+
+def test_teacher_without_errors_follows_precedence():
+    teacher = ScriptedArithmeticTeacher(TeacherArgs(error_rate=0.0, seed=0))
+    assert isinstance(teacher, StepProposer)
+    [steps] = teacher.propose([State(PROBLEM)], 3)
+    assert {s.text for s in steps} == {"Compute 5 * 3 = 15. Now we have 7 + 15 - 2."}
+    assert sum(s.prior for s in steps) == pytest.approx(1.0)
+    state = State(PROBLEM, (steps[0].text,))
+    assert teacher.tokens(state) == [7, "+", 15, "-", 2]
+    [[step]] = teacher.propose([state], 1)
+    assert step.text == "Compute 7 + 15 = 22. Now we have 22 - 2." and not step.terminal
+    [[last]] = teacher.propose([State(PROBLEM, (steps[0].text, step.text))], 1)
+    assert last.text == "Compute 22 - 2 = 20. The answer is \\boxed{20}."
+    assert last.terminal and last.answer == "20" and last.prior == 1.0
+
+
+def test_teacher_with_errors_is_always_wrong_on_one_operation():
+    teacher = ScriptedArithmeticTeacher(TeacherArgs(error_rate=1.0, max_offset=2, seed=0))
+    [steps] = teacher.propose([State("Evaluate 4 + 5.")], 8)
+    assert all(s.terminal and s.answer != "9" and abs(int(s.answer) - 9) <= 2 for s in steps)
+    [answers] = teacher.rollout([State("Evaluate 4 + 5.")], 8)
+    assert all(a != "9" for a in answers)
+
+
+def test_teacher_wrong_order_and_negative_intermediates():
+    # with error_rate 1 some steps do "7 + 5" before "5 * 3"; the state after them still parses
+    teacher = ScriptedArithmeticTeacher(TeacherArgs(error_rate=1.0, seed=0))
+    [steps] = teacher.propose([State(PROBLEM)], 40)
+    texts = {s.text for s in steps}
+    assert "Compute 7 + 5 = 12. Now we have 12 * 3 - 2." in texts
+    assert any(t.startswith("Compute 5 * 3 = ") and "= 15." not in t for t in texts)
+    assert teacher.tokens(State("Evaluate 1 - 9 * 2.", ("Compute 1 - 9 = -8. Now we have -8 * 2.",))) == [-8, "*", 2]
+
+
+def test_teacher_rollouts_match_error_rate():
+    problems = synthetic_arithmetic(40, seed=2, min_operations=2, max_operations=2)
+    clean = ScriptedArithmeticTeacher(TeacherArgs(error_rate=0.0, seed=0))
+    answers = clean.rollout([State(p.problem) for p in problems], 2)
+    assert all(a == [p.answer, p.answer] for a, p in zip(answers, problems, strict=True))
+    noisy = ScriptedArithmeticTeacher(TeacherArgs(error_rate=0.3, seed=0))
+    answers = noisy.rollout([State(p.problem) for p in problems], 10)
+    rate = sum(a == p.answer for row, p in zip(answers, problems, strict=True) for a in row) / 400
+    # two steps, each right with p 0.7 -> about 0.49 (plus lucky wrong-order steps); 400 samples
+    assert 0.35 < rate < 0.7
+
+
+def test_teacher_is_seeded_and_prefers_correct_steps():
+    def proposals(seed):
+        teacher = ScriptedArithmeticTeacher(TeacherArgs(error_rate=0.5, correct_weight=4.0, prior_noise=0.1,
+                                                        seed=seed))
+        return teacher.propose([State(PROBLEM)] * 20, 4)
+
+    assert proposals(7) == proposals(7) and proposals(7) != proposals(8)
+    right = [s.prior for row in proposals(7) for s in row if s.text.startswith("Compute 5 * 3 = 15.")]
+    wrong = [s.prior for row in proposals(7) for s in row if not s.text.startswith("Compute 5 * 3 = 15.")]
+    assert sum(right) / len(right) > 2 * sum(wrong) / len(wrong)
+
+
+def test_teacher_rejects_other_problems_and_foreign_steps():
+    teacher = ScriptedArithmeticTeacher()
+    with pytest.raises(ValueError, match="only solves 'Evaluate <expr>.'"):
+        teacher.propose([State("What is 2 + 2?")], 2)
+    with pytest.raises(ValueError, match="not a non-final teacher step"):
+        teacher.rollout([State(PROBLEM, ("Let x = 3.",))], 2)
+
+
+def test_teacher_args_name_the_flag():
+    with pytest.raises(ValueError, match="--teacher.error_rate"):
+        TeacherArgs(error_rate=1.5)
+    with pytest.raises(ValueError, match="--teacher.max_offset"):
+        TeacherArgs(max_offset=0)
+
+
+def test_normalise():
+    assert normalise([1.0, 3.0]) == [0.25, 0.75]
+    assert normalise([0.0, 0.0]) == [0.5, 0.5]
+
+
+# ---- LLM proposer on the real engine ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_model_dir):
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def test_llm_proposer_prompt_layout(tiny_tokenizer):
+    proposer = LLMStepProposer(engine=None, tokenizer=tiny_tokenizer,
+                               args=LLMProposerArgs(few_shot=["Evaluate 1 + 1.\n\nCompute 1 + 1 = 2. \\boxed{2}"]))
+    prompt = proposer.prompt(State("Evaluate 2 * 3.", ("Step one.", "Step two.")))
+    assert prompt == ("<s><|user|>\nEvaluate 1 + 1.\n\nCompute 1 + 1 = 2. \\boxed{2}\n\nEvaluate 2 * 3.\n"
+                      "<|assistant|>\nStep one.\n\nStep two.\n\n")
+
+
+def test_llm_proposer_steps_and_rollouts(vllm_engine, tiny_tokenizer):
+    args = LLMProposerArgs(temperature=1.0, max_step_tokens=8, max_rollout_tokens=12, seed=0)
+    proposer = LLMStepProposer(vllm_engine, tiny_tokenizer, args)
+    states = [State("Evaluate 2 + 3 * 4."), State("Evaluate 5 - 1.", ("Compute 5 - 1 = 4.",))]
+    proposals = proposer.propose(states, 3)
+    assert [len(p) for p in proposals] == [3, 3]
+    for steps in proposals:
+        assert sum(s.prior for s in steps) == pytest.approx(1.0)
+        assert all(0 < s.prior < 1 for s in steps)
+        assert all("\n\n" not in s.text for s in steps), "sampling stops at the step delimiter"
+        assert all(s.terminal == (s.answer is not None or not s.text) for s in steps)
+    rollouts = proposer.rollout(states, 4)
+    assert [len(r) for r in rollouts] == [4, 4]
+    assert all(a is None or isinstance(a, str) for row in rollouts for a in row)
+
+
+def test_llm_proposer_drives_a_batched_search(vllm_engine, tiny_tokenizer):
+    args = LLMProposerArgs(max_step_tokens=6, max_rollout_tokens=8, seed=1)
+    proposer = LLMStepProposer(vllm_engine, tiny_tokenizer, args)
+    problems = synthetic_arithmetic(3, seed=0)
+    search = SearchArgs(iterations=3, num_children=2, num_rollouts=2, max_depth=3, batch_size=3)
+    trees = list(search_trees(problems, proposer, search, answers_match))
+    assert [t.problem_id for t in trees] == [p.id for p in problems]
+    for tree in trees:
+        assert tree.root.visits == 3 and len(tree.nodes) > 1
+        assert max(n.depth for n in tree.nodes) <= 3
+        assert all(n.terminal for n in tree.nodes if n.depth == 3)
