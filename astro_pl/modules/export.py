@@ -60,6 +60,9 @@ def export_hf(model: nn.Module, tokenizer, out_dir: str | Path, merge_lora: bool
         fresh = rebuild(model, state, resolve_dtype(dtype))
         if getattr(fresh, "peft_config", None) and merge_lora:
             fresh = fresh.merge_and_unload()
+        # Training turns the KV cache off; an exported model is for generation, where it must be on.
+        fresh.config.use_cache = True
+        fresh.generation_config.use_cache = True
         fresh.save_pretrained(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))
     return out_dir

@@ -138,6 +138,7 @@ class HFEngine:
             max_new_tokens=params.max_tokens,
             eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.pad_id,
+            use_cache=True,  # a training config may carry use_cache=False; without the KV cache decode is ~20x slower
         )
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:

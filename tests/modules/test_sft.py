@@ -131,6 +131,7 @@ def test_full_finetune_export_loads_in_transformers_and_vllm(tmp_path, tiny_mode
     batch = fit(tmp_path, tiny_model_dir, module, HFExport(str(out), dtype="float32"))
     loaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     assert torch.allclose(hf_logits(loaded, batch), hf_logits(module.model.eval(), batch), atol=1e-5)
+    assert loaded.config.use_cache and loaded.generation_config.use_cache  # training turned it off; generation needs it
 
     tokenizer = module.tokenizer
     prompt = render_prompt(tokenizer, "Evaluate 3 + 4 * 5.")
