@@ -1,0 +1,125 @@
+"""Rollout records for the RL step: the groups kept by dynamic sampling and the padded tensors trained on.
+
+A `Group` is one prompt with its G completions and rewards. `GroupBuffer` collects groups across draws until the
+batch is full (DAPO refills). `pack_experience` lays the kept groups out as right-padded [N, L] token rows
+(prompt then response), with everything else aligned to the shifted positions [N, L-1]: column t holds the
+log-prob of token t+1 given tokens <= t, so `logits[:, :-1]` lines up with `input_ids[:, 1:]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+
+from astro_pl.rollout.base import Completion
+
+
+class Group(NamedTuple):
+    """One prompt and its samples."""
+
+    prompt_ids: list[int]
+    """Prompt token ids, [P]."""
+    completions: list[Completion]
+    """G completions of the prompt."""
+    rewards: list[float]
+    """Reward of each completion, [G]."""
+    answer: str
+    """Gold answer (for logging)."""
+
+
+class GroupBuffer:
+    """Groups kept so far in one step, and every group sampled (for reward statistics)."""
+
+    def __init__(self) -> None:
+        self.groups: list[Group] = []
+        self.sampled: list[Group] = []
+        self.drawn = 0
+        self.dropped = 0
+
+    def add(self, groups: Sequence[Group], keep: Sequence[bool]) -> None:
+        self.drawn += len(groups)
+        self.sampled.extend(groups)
+        for group, kept in zip(groups, keep, strict=True):
+            if kept:
+                self.groups.append(group)
+            else:
+                self.dropped += 1
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+class Experience(NamedTuple):
+    """One rollout batch as tensors; N = sequences, L = longest prompt + response."""
+
+    input_ids: torch.Tensor
+    """[N, L] prompt then response, right-padded."""
+    attention_mask: torch.Tensor
+    """[N, L] 1 on real tokens."""
+    response_mask: torch.Tensor
+    """[N, L-1] 1 on shifted positions whose next token is a counted response token."""
+    engine_logp: torch.Tensor
+    """[N, L-1] the engine's log-prob of each response token (0 elsewhere)."""
+    advantages: torch.Tensor
+    """[N] advantage of each sequence."""
+    old_logp: torch.Tensor | None = None
+    """[N, L-1] trainer log-probs at rollout time, when the batch is reused for several optimiser steps."""
+    ref_logp: torch.Tensor | None = None
+    """[N, L-1] reference-model log-probs, when the KL term is on."""
+
+    @property
+    def num_sequences(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: torch.Tensor | slice) -> Experience:
+        """The sub-batch of `rows`, trimmed to its own longest sequence."""
+        picked = self._replace(**{k: None if t is None else t[rows] for k, t in self._asdict().items()})
+        length = max(int(picked.attention_mask.sum(1).max()), 2) if picked.num_sequences else 2
+
+        def trim(name: str, t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None or name == "advantages":
+                return t
+            return t[:, :length] if name in ("input_ids", "attention_mask") else t[:, : length - 1]
+
+        return picked._replace(**{k: trim(k, t) for k, t in picked._asdict().items()})
+
+    def micro_batches(self, rows: torch.Tensor, size: int) -> Iterator[Experience]:
+        """`rows` in chunks of `size` sequences."""
+        for start in range(0, len(rows), size):
+            yield self.select(rows[start:start + size])
+
+
+def pack_experience(groups: Sequence[Group], advantages: torch.Tensor, pad_id: int,
+                    mask_truncated: bool = False) -> Experience:
+    """Pads the groups' sequences into an `Experience`.
+
+    Args:
+        groups: Kept groups; sequence order is group after group, as in `advantages`.
+        advantages: [N] one advantage per completion.
+        pad_id: Token id used for padding (never attended to, never counted).
+        mask_truncated: Zero the response mask of completions that hit max_tokens (finish_reason "length"),
+            so a cut-off answer is neither rewarded nor punished (DAPO's overlong filtering).
+
+    Returns:
+        `Experience` without old/ref log-probs.
+    """
+    rows = [(g.prompt_ids, c) for g in groups for c in g.completions]
+    if len(rows) != advantages.numel():
+        raise ValueError(f"{len(rows)} completions but {advantages.numel()} advantages")
+    length = max(len(p) + len(c.token_ids) for p, c in rows)
+    n = len(rows)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(n, length, dtype=torch.long)
+    response_mask = torch.zeros(n, max(length - 1, 1), dtype=torch.float32)
+    engine_logp = torch.zeros(n, max(length - 1, 1), dtype=torch.float32)
+    for i, (prompt, completion) in enumerate(rows):
+        p, t = len(prompt), len(completion.token_ids)
+        input_ids[i, : p + t] = torch.tensor(prompt + list(completion.token_ids), dtype=torch.long)
+        attention_mask[i, : p + t] = 1
+        if t and not (mask_truncated and completion.finish_reason == "length"):
+            response_mask[i, p - 1 : p - 1 + t] = 1
+        if completion.logprobs:
+            engine_logp[i, p - 1 : p - 1 + t] = torch.tensor(completion.logprobs, dtype=torch.float32)
+    return Experience(input_ids, attention_mask, response_mask, engine_logp, advantages.float())

@@ -1,0 +1,177 @@
+"""Policy-gradient loss pieces for GRPO, DAPO and Dr. GRPO: pure functions on [N, T] token tensors.
+
+N is the number of sequences in a micro-batch, T the padded response length, V the vocabulary. `mask` is 1 on
+response tokens that count and 0 on padding (and on whole responses that are masked, e.g. truncated ones).
+
+The loss of one token is the PPO clipped surrogate (Schulman et al. 2017, eq. 7) with DAPO's decoupled clip
+range (`eps_low`, `eps_high`, "clip-higher"), optionally weighted by a truncated importance-sampling ratio between
+the trainer and the rollout engine (Yao et al. 2025: the engine's sampler differs slightly from the trainer's
+forward pass, so the samples are off-policy even at step 0), plus `beta` times the k3 KL estimate to a frozen
+reference (Schulman 2020, as in GRPO eq. 4). How token losses become one number is `aggregate_loss`'s job.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+
+AggregationMode = Literal["seq_mean", "token_mean", "constant"]
+AGGREGATIONS = ("seq_mean", "token_mean", "constant")
+
+
+class ClippedLoss(NamedTuple):
+    """Output of `clipped_ratio_loss`."""
+
+    per_token: torch.Tensor
+    """[N, T] loss of each token (not yet masked or aggregated)."""
+    ratio: torch.Tensor
+    """[N, T] pi_theta / pi_old, detached."""
+    clipped_low: torch.Tensor
+    """[N, T] bool: the lower clip bound was active (ratio < 1 - eps_low with a negative advantage)."""
+    clipped_high: torch.Tensor
+    """[N, T] bool: the upper clip bound was active (ratio > 1 + eps_high with a positive advantage)."""
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each label under the logits at the same position (no shift: align before calling).
+
+    Args:
+        logits: [N, T, V].
+        labels: [N, T] token ids.
+
+    Returns:
+        [N, T] float32 log-probs.
+    """
+    logits = logits.float()
+    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position, [N, T, V] -> [N, T] (for logging)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def clipped_ratio_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    is_weights: torch.Tensor | None = None,
+) -> ClippedLoss:
+    """PPO clipped surrogate per token, with decoupled clip range: -min(r A, clip(r, 1-eps_low, 1+eps_high) A).
+
+    Args:
+        logp: [N, T] log-probs under the policy being trained (carries gradient).
+        old_logp: [N, T] log-probs under the policy that sampled (the trainer's, at rollout time).
+        advantages: [N] one advantage per sequence, or [N, T].
+        mask: [N, T] 1 on counted tokens; masked tokens get loss 0 and never count as clipped.
+        eps_low: Lower clip range, ratio >= 1 - eps_low.
+        eps_high: Upper clip range, ratio <= 1 + eps_high (DAPO raises it to e.g. 0.28).
+        is_weights: Optional [N, T] detached importance weights multiplied into the loss (truncated IS).
+
+    Returns:
+        `ClippedLoss` with [N, T] tensors.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)  # [N, 1]
+    ratio = torch.exp(logp - old_logp.detach())  # [N, T]
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    unclipped_obj = ratio * advantages
+    clipped_obj = clipped * advantages
+    per_token = -torch.minimum(unclipped_obj, clipped_obj)  # [N, T]
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
+    mask = mask.bool()
+    active = clipped_obj < unclipped_obj  # the clipped branch is the min, and differs
+    r = ratio.detach()
+    clipped_low = active & (r < 1.0 - eps_low) & mask
+    clipped_high = active & (r > 1.0 + eps_high) & mask
+    return ClippedLoss(per_token * mask, r, clipped_low, clipped_high)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 estimate of KL(pi || pi_ref) per token: exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased).
+
+    Args:
+        logp: [N, T] policy log-probs of the sampled tokens.
+        ref_logp: [N, T] reference-model log-probs of the same tokens.
+
+    Returns:
+        [N, T] per-token KL estimates.
+    """
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1.0
+
+
+def truncated_is_weights(trainer_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights min(pi_trainer / pi_engine, cap) per token, detached.
+
+    Args:
+        trainer_logp: [N, T] log-probs of the sampled tokens under the trainer at rollout time.
+        engine_logp: [N, T] log-probs the rollout engine reported for the same tokens.
+        cap: Upper bound C on the weight (Yao et al. use 2).
+
+    Returns:
+        [N, T] weights in (0, cap].
+    """
+    if cap <= 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    return torch.exp(trainer_logp.detach() - engine_logp.detach()).clamp(max=cap)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` is set; 0 when nothing is set."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def aggregate_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: AggregationMode = "token_mean",
+    constant_normalizer: float | None = None,
+    num_tokens: float | None = None,
+    num_sequences: float | None = None,
+) -> torch.Tensor:
+    """Reduces [N, T] token losses to one scalar; which length bias each mode has:
+
+    - "seq_mean" (GRPO): mean over each sequence's tokens, then over sequences. A token of a short response
+      weighs more than a token of a long one, so long wrong answers are penalised less per token.
+    - "token_mean" (DAPO): sum over all tokens / number of tokens in the whole batch. Every token weighs the same.
+    - "constant" (Dr. GRPO): sum over all tokens / (number of sequences * a constant, e.g. max_tokens). Like
+      token_mean without the dependence of the scale on the batch's lengths.
+
+    To split a batch into micro-batches and accumulate gradients with the same result, pass the counts of the
+    whole batch: `num_tokens` (token_mean) and `num_sequences` (seq_mean, constant). Left out, they are this
+    micro-batch's own counts.
+
+    Args:
+        per_token: [N, T] loss per token.
+        mask: [N, T] 1 on counted tokens.
+        mode: "seq_mean", "token_mean" or "constant".
+        constant_normalizer: Per-sequence constant for "constant" (required there).
+        num_tokens: Counted tokens in the whole batch (token_mean).
+        num_sequences: Sequences in the whole batch (seq_mean, constant).
+
+    Returns:
+        Scalar loss.
+    """
+    mask = mask.to(per_token.dtype)
+    masked = per_token * mask
+    if mode == "token_mean":
+        denom = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+        return masked.sum() / denom
+    n_seq = per_token.shape[0] if num_sequences is None else num_sequences
+    if mode == "seq_mean":
+        seq_means = masked.sum(1) / mask.sum(1).clamp(min=1)  # [N]
+        return seq_means.sum() / n_seq
+    if mode == "constant":
+        if not constant_normalizer or constant_normalizer <= 0:
+            raise ValueError("aggregation 'constant' needs constant_normalizer > 0 (e.g. max_tokens)")
+        return masked.sum() / (n_seq * constant_normalizer)
+    raise ValueError(f"mode must be one of {AGGREGATIONS}, got {mode!r}")

@@ -1,0 +1,473 @@
+"""ASTRO-RL: a GRPO-family LightningModule whose rollouts come from an engine living in the training process.
+
+One training step = one rollout batch:
+1. sync the policy into the engine (skipped when no optimiser step happened since the last sync; always done
+   after a start or resume, since the engine loaded the base weights),
+2. sample G completions for each of B prompts (the engine's log-probs kept),
+3. reward each with the answer checker (+1 / -1 by default; no boxed answer is wrong),
+4. group advantages; with dynamic sampling, groups whose rewards are all equal are dropped and more prompts
+   are drawn until B groups are kept or `max_extra_draws` is used up,
+5. `epochs` passes over the batch in `mini_batches` optimiser steps each, micro-batched, with the clipped-ratio
+   loss, optional k3 KL to a frozen reference and optional truncated importance weights.
+
+Every rank runs its own engine on its own prompts; groups never span ranks, so advantages are local. Loss
+normalisers (tokens, sequences) are summed over ranks so that FSDP's gradient averaging gives the loss of the
+global batch. Dynamic sampling draws until every rank has enough groups and then keeps the same number on every
+rank, so all ranks run the same number of forward/backward passes.
+
+Departures from the paper (which leaves these open): the defaults are GRPO's (seq_mean, std scaling, no KL);
+DAPO and Dr. GRPO are config choices. A failed rollout or a non-finite loss writes a checkpoint and stops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
+from astro_pl.modules.advantages import SCALES, dynamic_sampling_mask, group_advantages
+from astro_pl.modules.experience import Experience, Group, GroupBuffer, pack_experience
+from astro_pl.modules.losses import (
+    AGGREGATIONS,
+    aggregate_loss,
+    clipped_ratio_loss,
+    kl_k3,
+    masked_mean,
+    token_entropy,
+    token_logprobs,
+    truncated_is_weights,
+)
+from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
+from astro_pl.modules.weight_sync import sync_weights
+from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
+
+
+@dataclass
+class GRPOArgs:
+    """The RL algorithm's knobs (GRPO by default; DAPO and Dr. GRPO by config)."""
+
+    group_size: int = 4
+    """G: samples per prompt (the paper's reviewer answer: 4)."""
+    advantage_scale: Literal["group_std", "none", "batch_std"] = "group_std"
+    """"group_std" (GRPO), "none" (Dr. GRPO: no difficulty bias) or "batch_std"."""
+    advantage_eps: float = 1e-4
+    """Added to the std before dividing."""
+    aggregation: Literal["seq_mean", "token_mean", "constant"] = "seq_mean"
+    """Token losses -> one loss: "seq_mean" (GRPO), "token_mean" (DAPO), "constant" (Dr. GRPO); see
+    `astro_pl.modules.losses.aggregate_loss` for the length bias of each."""
+    constant_normalizer: float | None = None
+    """Per-sequence constant for "constant" aggregation; None uses sampling.max_tokens."""
+    eps_low: float = 0.2
+    """Lower clip range of the ratio."""
+    eps_high: float = 0.2
+    """Upper clip range of the ratio (DAPO's clip-higher: 0.28)."""
+    beta: float = 0.0
+    """Weight of the k3 KL to the frozen initial policy; 0 loads no reference model."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and draw more prompts (DAPO)."""
+    max_extra_draws: int = 4
+    """Most extra prompt batches drawn per step by dynamic sampling; then train on what was kept."""
+    mask_truncated: bool = False
+    """Leave completions cut off at max_tokens out of the loss (DAPO's overlong filtering)."""
+    tis_cap: float | None = None
+    """Cap C of truncated importance weights min(pi_trainer / pi_engine, C); None turns the correction off."""
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    mini_batches: int = 1
+    """Optimiser steps per pass (the batch is split into this many shuffled mini-batches)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward."""
+    correct_reward: float = 1.0
+    """Reward of a correct final answer."""
+    incorrect_reward: float = -1.0
+    """Reward of a wrong or missing final answer."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping; None turns it off."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.group_size >= 2, f"--model.grpo.group_size must be >= 2, got {self.group_size}"),
+            (self.advantage_scale in SCALES, f"--model.grpo.advantage_scale must be one of {SCALES}"),
+            (self.aggregation in AGGREGATIONS, f"--model.grpo.aggregation must be one of {AGGREGATIONS}"),
+            (self.constant_normalizer is None or self.constant_normalizer > 0,
+             "--model.grpo.constant_normalizer must be > 0"),
+            (0 <= self.eps_low < 1, f"--model.grpo.eps_low must be in [0, 1), got {self.eps_low}"),
+            (self.eps_high >= 0, f"--model.grpo.eps_high must be >= 0, got {self.eps_high}"),
+            (self.beta >= 0, f"--model.grpo.beta must be >= 0, got {self.beta}"),
+            (self.max_extra_draws >= 0, "--model.grpo.max_extra_draws must be >= 0"),
+            (self.tis_cap is None or self.tis_cap > 0, "--model.grpo.tis_cap must be > 0 (or null)"),
+            (self.epochs >= 1, "--model.grpo.epochs must be >= 1"),
+            (self.mini_batches >= 1, "--model.grpo.mini_batches must be >= 1"),
+            (self.micro_batch_size >= 1, "--model.grpo.micro_batch_size must be >= 1"),
+            (self.correct_reward > self.incorrect_reward,
+             "--model.grpo.correct_reward must be greater than --model.grpo.incorrect_reward"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+class RolloutFailure(RuntimeError):
+    """A rollout or update could not complete; a checkpoint was written first."""
+
+
+def _all_reduce(value: float, op: str = "sum") -> float:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t, op=ops[op])
+    return float(t.item())
+
+
+class RLModule(L.LightningModule):
+    """Policy optimisation with verifiable math rewards and on-policy rollouts from an in-process engine.
+
+    Args:
+        model_path: Policy checkpoint (Hugging Face directory, usually the SFT export).
+        engine: "vllm" (`VLLMEngine`) or "hf" (`HFEngine`).
+        engine_args: Engine settings; `model` defaults to the policy path. Ignored when an engine is attached.
+        sampling: Rollout sampling (default max_tokens 128); `n` is replaced by `grpo.group_size`.
+        grpo: Algorithm knobs (default `GRPOArgs()`).
+        val_max_tokens: Most tokens per validation answer (greedy).
+        optim: AdamW (default lr 1e-6, no warmup) with warmup + cosine over `trainer.max_steps` optimiser
+            steps (each rollout step makes `grpo.epochs * grpo.mini_batches` of them).
+        dtype: Training dtype ("auto": bf16 on GPUs that have it, float32 on CPU).
+        sync_bucket_mb: Most megabytes gathered and sent to the engine at once during weight sync.
+        sleep_engine: Put the engine to sleep during the update and wake it for the next sync (GPU vLLM).
+        fsdp: Shard each decoder layer with FSDP2 when run under `ModelParallelStrategy`.
+        seed: Seeds sampling and mini-batch shuffling (with the step), so reruns and resumes repeat exactly.
+        nan_at_step: Testing aid: make the loss NaN at this rollout step to exercise the failure path.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        engine: Literal["vllm", "hf"] = "vllm",
+        engine_args: EngineArgs | None = None,
+        sampling: SamplingArgs | None = None,
+        grpo: GRPOArgs | None = None,
+        val_max_tokens: int | None = None,
+        optim: OptimArgs | None = None,
+        dtype: str = "auto",
+        sync_bucket_mb: float = 256.0,
+        sleep_engine: bool = False,
+        fsdp: bool = True,
+        seed: int = 0,
+        nan_at_step: int | None = None,
+    ):
+        super().__init__()
+        if sync_bucket_mb <= 0:
+            raise ValueError(f"--model.sync_bucket_mb must be > 0, got {sync_bucket_mb}")
+        # dataclasses go in as dicts, so checkpoints load with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["engine_args", "sampling", "grpo", "optim"])
+        self.automatic_optimization = False
+        self.model_path, self.engine_kind, self.dtype_name = model_path, engine, dtype
+        self.engine_args = engine_args or EngineArgs(model=model_path, dtype=dtype)
+        grpo = grpo or GRPOArgs()
+        sampling = sampling or SamplingArgs(max_tokens=128)
+        self.sampling = dataclasses.replace(sampling, n=grpo.group_size, logprobs=True)
+        self.grpo = grpo
+        self.val_max_tokens = val_max_tokens or sampling.max_tokens
+        self.optim = optim or OptimArgs(lr=1e-6, warmup_ratio=0.0)
+        self.hparams.update({k: dataclasses.asdict(v) for k, v in dict(
+            engine_args=self.engine_args, sampling=sampling, grpo=grpo, optim=self.optim).items()})
+        self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
+        self.sleep_engine, self.use_fsdp, self.seed, self.nan_at_step = sleep_engine, fsdp, seed, nan_at_step
+        self.model: torch.nn.Module | None = None  # the policy
+        self.reference: torch.nn.Module | None = None
+        self.engine: RolloutEngine | None = None
+        self.tokenizer = None
+        self.rollout_step = 0  # rollout batches done (optimiser steps are trainer.global_step)
+        self._version = 0  # bumped by every optimiser step
+        self._synced_version: int | None = None
+        self._engine_attached = False
+        self.last_rollout: GroupBuffer | None = None
+        self.val_pass1, self.val_length, self.val_backtracks = PassAtK(k=1), MeanResponseLength(), MeanBacktracks()
+
+    # ---- setup ------------------------------------------------------------------------------------------------
+
+    def attach_engine(self, engine: RolloutEngine) -> None:
+        """Uses `engine` instead of building one (tests, or an engine shared with evaluation)."""
+        self.engine = engine
+        self._engine_attached = True
+        self._synced_version = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from astro_pl.modules.models import load_causal_lm, load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.model = load_causal_lm(self.model_path, self.dtype_name)
+        if self.grpo.beta > 0:
+            self.reference = load_causal_lm(self.model_path, self.dtype_name).requires_grad_(False).eval()
+        mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
+        if self.use_fsdp and mesh is not None:
+            from astro_pl.modules.fsdp import shard_decoder
+
+            self.model = shard_decoder(self.model, mesh["data_parallel"])
+            if self.reference is not None:
+                self.reference = shard_decoder(self.reference, mesh["data_parallel"])
+
+    def setup(self, stage: str) -> None:
+        if self.tokenizer is None:
+            from astro_pl.modules.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.model_path)
+        if self.engine is None and stage in ("fit", "validate"):
+            from astro_pl.rollout import build_engine
+
+            self.engine = build_engine(self.engine_kind, self.engine_args)
+
+    def teardown(self, stage: str) -> None:
+        if self.engine is not None and not self._engine_attached:
+            self.engine.close()
+            self.engine = None
+
+    def configure_optimizers(self):
+        total = self.trainer.estimated_stepping_batches
+        return configure_adamw_cosine(self.model.named_parameters(), self.optim, total)
+
+    # ---- checkpoint extras --------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rl_state"] = {"rollout_step": self.rollout_step, "version": self._version,
+                                  "torch_rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rl_state", {})
+        self.rollout_step = int(state.get("rollout_step", 0))
+        self._version = int(state.get("version", 0))
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        self._synced_version = None  # the engine still holds the base weights
+
+    # ---- the step -----------------------------------------------------------------------------------------------
+
+    def training_step(self, dataloader_iter) -> None:
+        step = self.rollout_step
+        t0 = time.perf_counter()
+        try:
+            sync_s = self._sync()
+            buffer, gen_s, reward_s, tokens = self._collect(dataloader_iter, step)
+        except Exception as error:  # noqa: BLE001 - reported with a checkpoint, then re-raised
+            failed = 1.0
+            cause = error
+        else:
+            failed, cause = 0.0, None
+        if _all_reduce(failed, "max") > 0:
+            self._fail(f"rollout failed at step {step}" + (f": {cause!r}" if cause else " on another rank"), cause)
+        if self.sleep_engine:
+            self.engine.sleep()
+        self.last_rollout = buffer  # what this step sampled, for inspection and tests
+        kept = int(_all_reduce(len(buffer), "min"))
+        groups = buffer.groups[: min(kept, self.trainer.datamodule.batch_size)]
+        metrics = self._rollout_metrics(buffer, groups, tokens, gen_s, reward_s, sync_s)
+        t1 = time.perf_counter()
+        if groups:
+            metrics.update(self._update(groups, step))
+        metrics["time/train_s"] = time.perf_counter() - t1
+        metrics["time/step_s"] = time.perf_counter() - t0
+        self.rollout_step += 1
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)
+        self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, batch_size=1)
+
+    def _sync(self) -> float:
+        if self.sleep_engine:
+            self.engine.wake_up()
+        if self._synced_version == self._version:
+            return 0.0
+        start = time.perf_counter()
+        with torch.no_grad():
+            sync_weights(self.model, self.engine, self.sync_bucket_bytes)
+        self._synced_version = self._version
+        return time.perf_counter() - start
+
+    def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        # the rendered prompt already holds BOS; the engine gets ids so it cannot add a second one
+        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    def _collect(self, dataloader_iter, step: int) -> tuple[GroupBuffer, float, float, int]:
+        from astro_pl.rewards.math import math_reward
+
+        buffer, gen_s, reward_s, tokens = GroupBuffer(), 0.0, 0.0, 0
+        batch_size = self.trainer.datamodule.batch_size
+        rank = self.global_rank
+        for draw in range(self.grpo.max_extra_draws + 1 if self.grpo.dynamic_sampling else 1):
+            items = next(dataloader_iter)
+            items = items[0] if isinstance(items, tuple) else items
+            prompt_ids = self._prompt_ids([it.prompt for it in items])
+            seed = self.seed * 1_000_003 + step * 10_007 + draw * 1_009 + rank * 101_111
+            start = time.perf_counter()
+            outputs = self.engine.generate(prompt_ids, dataclasses.replace(self.sampling, seed=seed))
+            gen_s += time.perf_counter() - start
+            start = time.perf_counter()
+            groups = []
+            for item, ids, completions in zip(items, prompt_ids, outputs, strict=True):
+                rewards = [math_reward(c.text, item.problem.answer, self.grpo.correct_reward,
+                                       self.grpo.incorrect_reward) for c in completions]
+                groups.append(Group(ids, list(completions), rewards, item.problem.answer))
+                tokens += sum(len(c.token_ids) for c in completions)
+            reward_s += time.perf_counter() - start
+            if self.grpo.dynamic_sampling:
+                rewards = torch.tensor([r for g in groups for r in g.rewards])
+                buffer.add(groups, dynamic_sampling_mask(rewards, self.grpo.group_size).tolist())
+            else:
+                buffer.add(groups, [True] * len(groups))
+            if _all_reduce(len(buffer), "min") >= batch_size:
+                break
+        return buffer, gen_s, reward_s, tokens
+
+    def _rollout_metrics(self, buffer: GroupBuffer, groups: list[Group], tokens: int, gen_s: float,
+                         reward_s: float, sync_s: float) -> dict[str, float]:
+        from astro_pl.evaluation.backtracks import count_backtracks
+
+        # reward statistics over everything sampled this step, before dynamic sampling dropped any group
+        sampled = buffer.sampled
+        rewards = torch.tensor([r for g in sampled for r in g.rewards] or [0.0])
+        completions = [c for g in sampled for c in g.completions]
+        return {
+            "reward/mean": rewards.mean().item(),
+            "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+            "reward/accuracy": (rewards >= self.grpo.correct_reward).float().mean().item(),
+            "rollout/groups_dropped_frac": buffer.dropped / max(buffer.drawn, 1),
+            "rollout/groups_kept": float(len(groups)),
+            "rollout/response_len": sum(len(c.token_ids) for c in completions) / max(len(completions), 1),
+            "rollout/truncated_frac": sum(c.finish_reason == "length" for c in completions) / max(len(completions), 1),
+            "rollout/backtracks": sum(count_backtracks(c.text) for c in completions) / max(len(completions), 1),
+            "rollout/tokens_per_s": tokens / max(gen_s, 1e-9),
+            "time/sync_s": sync_s,
+            "time/generate_s": gen_s,
+            "time/reward_s": reward_s,
+        }
+
+    # ---- the update ---------------------------------------------------------------------------------------------
+
+    def _forward_logp(self, model: torch.nn.Module, mb: Experience, entropy: bool = False):
+        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]  # [n, L-1, V]
+        if self.sampling.temperature > 0 and self.sampling.temperature != 1.0:
+            logits = logits / self.sampling.temperature
+        logp = token_logprobs(logits, mb.input_ids[:, 1:])  # [n, L-1]
+        return (logp, token_entropy(logits.detach())) if entropy else (logp, None)
+
+    @torch.no_grad()
+    def _score(self, model: torch.nn.Module, exp: Experience) -> torch.Tensor:
+        out = torch.zeros_like(exp.engine_logp)
+        rows = torch.arange(exp.num_sequences)
+        for start in range(0, exp.num_sequences, self.grpo.micro_batch_size):
+            mb = exp.select(rows[start:start + self.grpo.micro_batch_size])
+            logp, _ = self._forward_logp(model, mb)
+            out[start:start + mb.num_sequences, : logp.shape[1]] = logp
+        return out
+
+    def _update(self, groups: list[Group], step: int) -> dict[str, float]:
+        g = self.grpo
+        rewards = torch.tensor([r for grp in groups for r in grp.rewards])
+        advantages = group_advantages(rewards, g.group_size, g.advantage_scale, g.advantage_eps)
+        exp = pack_experience(groups, advantages, self.tokenizer.pad_token_id, g.mask_truncated)
+        exp = Experience(*[None if t is None else t.to(self.device) for t in exp])
+        self.model.train()
+        reuse = g.epochs * g.mini_batches > 1
+        if reuse:
+            exp = exp._replace(old_logp=self._score(self.model, exp))
+        if g.beta > 0:
+            exp = exp._replace(ref_logp=self._score(self.reference, exp))
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        world = self.trainer.world_size
+        constant = g.constant_normalizer or float(self.sampling.max_tokens)
+        generator = torch.Generator().manual_seed(self.seed * 7919 + step)
+        stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_low", "clip_high", "kl", "entropy",
+                                                          "ratio_mean", "ratio_max", "is_weight_mean", "grad_norm")}
+        for _ in range(g.epochs):
+            order = torch.randperm(exp.num_sequences, generator=generator)
+            for rows in order.chunk(g.mini_batches):
+                num_tokens = _all_reduce(float(exp.response_mask[rows].sum()))
+                num_sequences = _all_reduce(float(len(rows)))
+                optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for mb in exp.micro_batches(rows, g.micro_batch_size):
+                    logp, ent = self._forward_logp(self.model, mb, entropy=True)
+                    old = mb.old_logp if mb.old_logp is not None else logp.detach()
+                    weights = truncated_is_weights(old, mb.engine_logp, g.tis_cap) if g.tis_cap else None
+                    out = clipped_ratio_loss(logp, old, mb.advantages, mb.response_mask, g.eps_low, g.eps_high,
+                                             weights)
+                    per_token = out.per_token
+                    if g.beta > 0:
+                        kl = kl_k3(logp, mb.ref_logp) * mb.response_mask
+                        per_token = per_token + g.beta * kl
+                        stats["kl"].append(masked_mean(kl.detach(), mb.response_mask).item())
+                    loss = aggregate_loss(per_token, mb.response_mask, g.aggregation, constant, num_tokens,
+                                          num_sequences) * world
+                    if self.nan_at_step == step:
+                        loss = loss * float("nan")
+                    if _all_reduce(0.0 if torch.isfinite(loss).item() else 1.0, "max") > 0:
+                        self._fail(f"non-finite loss at step {step} (optimiser step {self.global_step})", None)
+                    self.manual_backward(loss)
+                    total += loss.item() / world
+                    m = mb.response_mask.bool()
+                    stats["clip_low"].append(masked_mean(out.clipped_low.float(), m).item())
+                    stats["clip_high"].append(masked_mean(out.clipped_high.float(), m).item())
+                    stats["entropy"].append(masked_mean(ent, m).item())
+                    stats["ratio_mean"].append(masked_mean(out.ratio, m).item())
+                    stats["ratio_max"].append(out.ratio[m].max().item() if m.any() else 1.0)
+                    if weights is not None:
+                        stats["is_weight_mean"].append(masked_mean(weights, m).item())
+                stats["grad_norm"].append(self._clip_and_step(optimizer, scheduler))
+                stats["loss"].append(total)
+        metrics = {f"train/{k}": sum(v) / len(v) for k, v in stats.items() if v}
+        metrics["train/ratio_max"] = max(stats["ratio_max"]) if stats["ratio_max"] else 1.0
+        metrics["train/clip_frac"] = metrics.get("train/clip_low", 0.0) + metrics.get("train/clip_high", 0.0)
+        metrics["train/lr"] = scheduler.get_last_lr()[0]
+        return metrics
+
+    def _clip_and_step(self, optimizer, scheduler) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grpo.max_grad_norm or math.inf)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        if not torch.isfinite(norm):
+            self._fail(f"non-finite gradient norm at step {self.rollout_step}", None)
+        optimizer.step()
+        scheduler.step()
+        self._version += 1
+        return float(norm)
+
+    def _fail(self, message: str, cause: BaseException | None) -> None:
+        """Writes a checkpoint (weights from before this update's first bad step) and stops with `message`."""
+        root = Path(self.trainer.default_root_dir)
+        callback = self.trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else root / "checkpoints"
+        path = folder / f"failed-step{self.rollout_step}.ckpt"
+        self.trainer.save_checkpoint(str(path))
+        raise RolloutFailure(f"{message}; checkpoint written to {path} (resume with --ckpt_path {path})") from cause
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        return batch  # prompts are text; the engine tokenizes and places them
+
+    # ---- validation ---------------------------------------------------------------------------------------------
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Greedy answers to held-out problems, scored with the evaluation metrics (pass@1 = accuracy here)."""
+        from astro_pl.rewards.math import math_reward
+
+        self._sync()
+        params = SamplingArgs(n=1, temperature=0.0, max_tokens=self.val_max_tokens, stop=self.sampling.stop,
+                              seed=self.seed)
+        outputs = self.engine.generate(self._prompt_ids([it.prompt for it in batch]), params)
+        texts = [o[0].text for o in outputs]
+        correct = [math_reward(t, it.problem.answer, 1.0, 0.0) > 0 for t, it in zip(texts, batch, strict=True)]
+        self.val_pass1.update(torch.tensor(correct).unsqueeze(1))
+        self.val_length.update(torch.tensor([float(len(o[0].token_ids)) for o in outputs]))
+        self.val_backtracks.update(texts)
+        for name, metric in (("accuracy", self.val_pass1), ("response_len", self.val_length),
+                             ("backtracks", self.val_backtracks)):
+            self.log(f"val/{name}", metric, on_epoch=True, prog_bar=name == "accuracy", batch_size=len(batch))

@@ -1,0 +1,50 @@
+"""bench/gpu_check: the FLOP arithmetic, and a `--smoke` run on CPU through the real SFT and RL modules."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from scale_helpers import REPO, run, run_env
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops_and_peak_detection(gpu_check):
+    # Llama-3.2-1B shape at 4096 attended tokens: 6 * 1.236e9 + 12 * 16 * 2048 * 4096 = 7.416e9 + 1.611e9
+    assert gpu_check.flops_per_token(1_235_814_400, 16, 2048, 4096) == 6 * 1_235_814_400 + 12 * 16 * 2048 * 4096
+    assert gpu_check.peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
+    assert gpu_check.peak_flops("NVIDIA H100 PCIe", None) == 756e12
+    assert gpu_check.peak_flops("NVIDIA H200", None) == 989e12
+    assert gpu_check.peak_flops("cpu", None) is None and gpu_check.peak_flops("cpu", 1.5) == 1.5e12
+
+
+def test_smoke_run_prints_one_json_line_from_real_training_steps():
+    out = run([sys.executable, "bench/gpu_check.py", "--smoke"], env=run_env(OMP_NUM_THREADS="2"), timeout=240)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, out.stdout
+    result = json.loads(lines[0])
+    assert result["device"] == "cpu" and result["sft_mfu"] is None  # no peak FLOP/s for a CPU
+    assert result["params"] == 106_816 and result["seq_len"] == 256
+    assert result["sft_tokens_per_s"] > 0 and result["sft_step_s"] > 0 and result["rl_update_s"] > 0
+    assert 0 <= result["sft_padding_fraction"] < 0.5 and 32 <= result["sft_attended_tokens"] <= 256
+    # a random init predicts about uniformly over the 512-token vocabulary: loss near ln 512 = 6.24
+    assert abs(result["sft_loss_last"] - math.log(512)) < 0.3
+    assert math.isfinite(result["rl_loss_last"]) and result["rl_sequences"] == 8
+    assert result["sft_peak_mem_gib"] > 0 and result["rl_peak_mem_gib"] > 0
+
+
+def test_shell_script_refuses_without_a_gpu():
+    out = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=REPO, env=run_env(PYTHON=sys.executable),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "torch sees no CUDA device" in out.stderr

@@ -1,0 +1,163 @@
+"""RLModule driven by a scripted engine: the step, sync skipping, dynamic sampling, failure checkpoints, args.
+
+The scripted engine answers "Evaluate ..." prompts with a boxed answer that is right or wrong by a seeded coin,
+so rewards, groups and advantages are real; the policy, optimiser, Trainer and checkpoints are real too. Real
+engines (vLLM, transformers) drive the e2e tests in tests/e2e/test_fit_rl*.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import pytest
+import torch
+
+from astro_pl.datamodules.problems import evaluate_tokens, parse_arithmetic
+from astro_pl.datamodules.prompts import PromptDataModule
+from astro_pl.modules.models import load_tokenizer
+from astro_pl.modules.rl import GRPOArgs, RLModule, RolloutFailure
+from astro_pl.rollout.base import Completion, SamplingArgs
+
+
+class ScriptedEngine:
+    """Right answer with probability `p_right` (1 for even answers when `even_always_right`)."""
+
+    def __init__(self, tokenizer, p_right=0.5, even_always_right=False, fail_on_call: int | None = None):
+        self.tokenizer, self.p_right, self.even_always_right = tokenizer, p_right, even_always_right
+        self.fail_on_call, self.calls, self.loads = fail_on_call, 0, 0
+        self.loaded: dict[str, torch.Tensor] = {}
+        self.all_equal: list[bool] = []
+
+    def generate(self, prompts, params: SamplingArgs):
+        self.calls += 1
+        if self.fail_on_call == self.calls:
+            raise RuntimeError("engine died")
+        out = []
+        for i, ids in enumerate(prompts):
+            text = self.tokenizer.decode(ids)
+            expr = text[text.index("Evaluate "):].split("\n")[0]
+            gold = evaluate_tokens(parse_arithmetic(expr))
+            rng = random.Random((params.seed or 0) + i)
+            group, rights = [], []
+            for _ in range(params.n):
+                right = (self.even_always_right and gold % 2 == 0) or rng.random() < self.p_right
+                rights.append(right)
+                answer = f"Compute it.\n\n\\boxed{{{gold if right else gold + 1}}}"
+                token_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+                token_ids.append(self.tokenizer.eos_token_id)
+                group.append(Completion(answer, token_ids, [-1.0] * len(token_ids), "stop"))
+            out.append(group)
+            self.all_equal.append(len(set(rights)) == 1)
+        return out
+
+    def load_weights(self, named_tensors):
+        self.loads += 1
+        self.loaded.update({n: t.clone() for n, t in named_tensors})
+
+    def sleep(self):
+        pass
+
+    def wake_up(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def make(tiny_model_dir, tmp_path, engine=None, max_steps=2, data_seed=0, **kwargs):
+    grpo = GRPOArgs(**{"group_size": 4, "micro_batch_size": 4, **kwargs.pop("grpo", {})})
+    module = RLModule(str(tiny_model_dir), engine="hf", grpo=grpo, sampling=SamplingArgs(max_tokens=16),
+                      **{"optim": None, **kwargs})
+    module.optim = type(module.optim)(lr=1e-3, warmup_ratio=0.0)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    engine = engine or ScriptedEngine(tokenizer)
+    module.attach_engine(engine)
+    data = PromptDataModule(str(tiny_model_dir), batch_size=2, num_synthetic=64, num_val=4, seed=data_seed)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=str(tmp_path),
+                        logger=False, enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False)
+    return module, data, trainer, engine
+
+
+def test_grpo_args_name_the_flag():
+    with pytest.raises(ValueError, match="--model.grpo.group_size"):
+        GRPOArgs(group_size=1)
+    with pytest.raises(ValueError, match="--model.grpo.aggregation"):
+        GRPOArgs(aggregation="sum")
+    with pytest.raises(ValueError, match="--model.grpo.correct_reward"):
+        GRPOArgs(correct_reward=-1, incorrect_reward=1)
+
+
+def test_two_steps_update_policy_and_sync_each_time(tiny_model_dir, tmp_path):
+    module, data, trainer, engine = make(tiny_model_dir, tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert module.rollout_step == 2 and trainer.global_step == 2
+    # one sync per step: the first after start, the second because the first update changed the weights
+    assert engine.loads == 2 and engine.calls == 2
+    # the engine holds the weights after the first update, not the base weights, nor the final ones
+    name = "model.layers.0.self_attn.q_proj.weight"
+    final = dict(module.model.named_parameters())[name].detach()
+    assert not torch.equal(engine.loaded[name], final)
+    m = trainer.callback_metrics
+    for key in ("reward/mean", "reward/accuracy", "train/loss", "train/clip_frac", "train/entropy",
+                "time/sync_s", "rollout/tokens_per_s", "rollout/backtracks", "train/ratio_mean"):
+        assert key in m, key
+    assert 0.0 <= m["reward/accuracy"] <= 1.0
+    assert m["train/ratio_mean"].item() == pytest.approx(1.0)  # on-policy single step: ratio exactly 1
+    assert data.sampler.position == 4  # 2 steps x 2 prompts, no extra draws
+
+
+def test_sync_is_skipped_when_weights_unchanged(tiny_model_dir, tmp_path):
+    module, data, trainer, engine = make(tiny_model_dir, tmp_path)
+    module.configure_model()
+    assert module._sync() > 0 and engine.loads == 1
+    assert module._sync() == 0.0 and engine.loads == 1
+    module._version += 1
+    module._sync()
+    assert engine.loads == 2
+
+
+def test_dynamic_sampling_draws_more_and_reports_drops(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    engine = ScriptedEngine(tokenizer, p_right=0.5, even_always_right=True)
+    module, data, trainer, engine = make(tiny_model_dir, tmp_path, engine=engine, max_steps=1, data_seed=3,
+                                         grpo={"dynamic_sampling": True, "max_extra_draws": 6})
+    trainer.fit(module, datamodule=data)
+    m = trainer.callback_metrics
+    assert m["rollout/groups_kept"].item() == 2
+    # the first draw (answers 14, 14) has only even,, all-right group: dropped, so more prompts were drawn;
+    # the module dropped exactly the groups the engine made all-equal
+    dropped = sum(engine.all_equal) / len(engine.all_equal)
+    assert dropped > 0 and m["rollout/groups_dropped_frac"].item() == pytest.approx(dropped)
+    assert engine.calls >= 2 and data.sampler.position == 2 * engine.calls
+
+
+def test_nan_loss_stops_with_checkpoint(tiny_model_dir, tmp_path):
+    module, data, trainer, _ = make(tiny_model_dir, tmp_path, max_steps=4, nan_at_step=1)
+    with pytest.raises(RolloutFailure, match="non-finite loss at step 1") as info:
+        trainer.fit(module, datamodule=data)
+    ckpt = tmp_path / "checkpoints" / "failed-step1.ckpt"
+    assert ckpt.is_file() and str(ckpt) in str(info.value)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["rl_state"]["rollout_step"] == 1 and state["global_step"] == 1
+
+
+def test_engine_error_stops_with_checkpoint(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    module, data, trainer, _ = make(tiny_model_dir, tmp_path, engine=ScriptedEngine(tokenizer, fail_on_call=2))
+    with pytest.raises(RolloutFailure, match="rollout failed at step 1: RuntimeError\\('engine died'\\)"):
+        trainer.fit(module, datamodule=data)
+    assert (tmp_path / "checkpoints" / "failed-step1.ckpt").is_file()
+
+
+def test_several_optimiser_steps_per_rollout(tiny_model_dir, tmp_path):
+    module, data, trainer, engine = make(tiny_model_dir, tmp_path, max_steps=4,
+                                         grpo={"epochs": 2, "mini_batches": 2, "tis_cap": 2.0, "beta": 0.1,
+                                               "aggregation": "token_mean", "eps_high": 0.28})
+    trainer.fit(module, datamodule=data)
+    # 4 optimiser steps = 1 rollout of 2 epochs x 2 mini-batches
+    assert module.rollout_step == 1 and engine.calls == 1
+    m = trainer.callback_metrics
+    assert m["train/kl"].item() >= 0 and "train/is_weight_mean" in m
+    # later mini-batches see a moved policy: the ratio leaves 1
+    assert m["train/ratio_max"].item() != pytest.approx(1.0, abs=1e-7)
