@@ -289,7 +289,7 @@ _ARITHMETIC = re.compile(r"Evaluate (\d+(?: [+*-] \d+)*)\.")
 
 
 def synthetic_arithmetic(num_problems: int, seed: int = 0, min_operations: int = 2, max_operations: int = 3,
-                         operand_min: int = 1, operand_max: int = 9) -> list[Problem]:
+                         operand_min: int = 1, operand_max: int = 9, operators: str = "+-*") -> list[Problem]:
     """Seeded arithmetic problems "Evaluate 3 + 4 * 2." with exact gold; a larger `num_problems` extends a list.
 
     Args:
@@ -299,6 +299,7 @@ def synthetic_arithmetic(num_problems: int, seed: int = 0, min_operations: int =
         max_operations: Most operators per expression.
         operand_min: Smallest operand (>= 0: the text has no negative literals).
         operand_max: Largest operand.
+        operators: Which of "+", "-", "*" may appear (e.g. "+-" keeps every value small, for tiny CPU models).
     """
     if num_problems < 0:
         raise ValueError(f"num_problems must be >= 0, got {num_problems}")
@@ -306,12 +307,14 @@ def synthetic_arithmetic(num_problems: int, seed: int = 0, min_operations: int =
         raise ValueError(f"need 1 <= min_operations <= max_operations, got {min_operations}, {max_operations}")
     if not 0 <= operand_min <= operand_max:
         raise ValueError(f"need 0 <= operand_min <= operand_max, got {operand_min}, {operand_max}")
+    if not operators or any(op not in OPERATORS for op in operators):
+        raise ValueError(f"operators must be a non-empty string of {''.join(OPERATORS)}, got {operators!r}")
     rng, problems = random.Random(seed), []
     for i in range(num_problems):
         num_ops = rng.randint(min_operations, max_operations)
         tokens: list[int | str] = [rng.randint(operand_min, operand_max)]
         for _ in range(num_ops):
-            tokens += [rng.choice(OPERATORS), rng.randint(operand_min, operand_max)]
+            tokens += [rng.choice(operators), rng.randint(operand_min, operand_max)]
         problems.append(Problem(
             id=f"synthetic-{seed}-{i}",
             problem=f"Evaluate {format_tokens(tokens)}.",

@@ -103,6 +103,7 @@ class PromptDataModule(L.LightningDataModule):
         min_operations: Fewest operators per synthetic expression (difficulty).
         max_operations: Most operators per synthetic expression.
         operand_max: Largest synthetic operand.
+        operators: Operators of the synthetic expressions ("+-*", or "+-" for tiny models).
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class PromptDataModule(L.LightningDataModule):
         min_operations: int = 2,
         max_operations: int = 3,
         operand_max: int = 9,
+        operators: str = "+-*",
     ):
         super().__init__()
         if batch_size < 1:
@@ -132,7 +134,9 @@ class PromptDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_synthetic, self.num_val, self.train_limit = num_synthetic, num_val, train_limit
         self.seed, self.val_seed, self.system_prompt = seed, val_seed, system_prompt
-        self.synthetic = dict(min_operations=min_operations, max_operations=max_operations, operand_max=operand_max)
+        self.synthetic = dict(
+            min_operations=min_operations, max_operations=max_operations, operand_max=operand_max, operators=operators
+        )
         self.train_items: list[PromptItem] = []
         self.val_items: list[PromptItem] = []
         self.sampler: PromptSampler | None = None

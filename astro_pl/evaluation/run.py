@@ -58,6 +58,8 @@ class SyntheticArgs:
     """Smallest operand."""
     operand_max: int = 9
     """Largest operand."""
+    operators: str = "+-*"
+    """Operators that may appear ("+-*", or "+-" for tiny models)."""
 
 
 @dataclass

@@ -59,6 +59,7 @@ class ProblemArgs:
         num_synthetic: Number of synthetic problems (source "synthetic" only).
         min_operations: Fewest operators per synthetic expression.
         max_operations: Most operators per synthetic expression.
+        operators: Operators of the synthetic expressions ("+-*", or "+-" for tiny models).
         seed: Seed of the synthetic problems.
     """
 
@@ -67,6 +68,7 @@ class ProblemArgs:
     num_synthetic: int = 64
     min_operations: int = 2
     max_operations: int = 4
+    operators: str = "+-*"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,7 +77,9 @@ class ProblemArgs:
 
     def load(self) -> list[Problem]:
         if self.source == "synthetic":
-            problems = synthetic_arithmetic(self.num_synthetic, self.seed, self.min_operations, self.max_operations)
+            problems = synthetic_arithmetic(
+                self.num_synthetic, self.seed, self.min_operations, self.max_operations, operators=self.operators
+            )
             problems = problems[: self.limit] if self.limit is not None else problems
         else:
             problems = load_benchmark(self.source, limit=self.limit)

@@ -273,3 +273,11 @@ def test_synthetic_argument_checks():
         synthetic_arithmetic(1, min_operations=3, max_operations=2)
     with pytest.raises(ValueError, match="operand_min"):
         synthetic_arithmetic(1, operand_min=-1)
+
+
+def test_synthetic_operators_knob_limits_the_operators():
+    problems = synthetic_arithmetic(200, seed=3, operators="+-")
+    ops = {tok for p in problems for tok in parse_arithmetic(p.problem)[1::2]}
+    assert ops == {"+", "-"}
+    with pytest.raises(ValueError, match="operators"):
+        synthetic_arithmetic(1, operators="/")
