@@ -7,6 +7,8 @@ which are either merged into the base weights (one standalone model; what vLLM s
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import lightning as L
@@ -74,16 +76,18 @@ class HFExport(L.Callback):
     The tokenizer is the DataModule's `tokenizer` (what the model was trained on) or else `pl_module.tokenizer`.
 
     Args:
-        dirpath: Output directory.
+        dirpath: Output directory; default `<trainer.default_root_dir>/hf`, so one `--trainer.default_root_dir`
+            override moves a whole run.
         merge_lora: Merge LoRA weights into the base model (true) or save a PEFT adapter (false).
         dtype: Saved dtype: "auto", "float32", "bfloat16" or "float16".
     """
 
-    def __init__(self, dirpath: str, merge_lora: bool = True, dtype: str = "auto") -> None:
+    def __init__(self, dirpath: str | None = None, merge_lora: bool = True, dtype: str = "auto") -> None:
         self.dirpath, self.merge_lora, self.dtype = dirpath, merge_lora, dtype
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tokenizer = getattr(trainer.datamodule, "tokenizer", None) or pl_module.tokenizer
-        export_hf(pl_module.model, tokenizer, self.dirpath, self.merge_lora, self.dtype,
+        dirpath = self.dirpath or os.path.join(trainer.default_root_dir, "hf")
+        export_hf(pl_module.model, tokenizer, dirpath, self.merge_lora, self.dtype,
                   trainer.is_global_zero)
         trainer.strategy.barrier()

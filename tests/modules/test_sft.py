@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -123,8 +126,6 @@ def test_a_crash_during_a_checkpoint_save_leaves_last_loadable(tmp_path, tiny_mo
 
 def test_full_finetune_export_loads_in_transformers_and_vllm(tmp_path, tiny_model_dir):
     from astro_pl.datamodules.chat import render_prompt
-    from astro_pl.rollout.base import EngineArgs, SamplingArgs
-    from astro_pl.rollout.vllm import VLLMEngine
 
     module = SFTModule(model_path=str(tiny_model_dir), optim=OptimArgs(lr=1e-2, warmup_ratio=0.0))
     out = tmp_path / "export"
@@ -138,10 +139,17 @@ def test_full_finetune_export_loads_in_transformers_and_vllm(tmp_path, tiny_mode
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         hf_tokens = loaded.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)[0, ids.shape[1]:]
-    engine = VLLMEngine(EngineArgs(model=str(out), dtype="float32", max_model_len=256, enforce_eager=True))
-    try:
-        [[completion]] = engine.generate([prompt], SamplingArgs(temperature=0.0, max_tokens=12, logprobs=False))
-    finally:
-        engine.close()
-    assert list(completion.token_ids[: len(hf_tokens)]) == hf_tokens.tolist()[: len(completion.token_ids)]
-    assert len(completion.token_ids) > 0
+    # In a process of its own: vLLM's process group is process-wide, and the session's shared engine must survive.
+    script = (
+        "import json, sys\n"
+        "from astro_pl.rollout.base import EngineArgs, SamplingArgs\n"
+        "from astro_pl.rollout.vllm import VLLMEngine\n"
+        "engine = VLLMEngine(EngineArgs(model=sys.argv[1], dtype='float32', max_model_len=256, enforce_eager=True))\n"
+        "[[c]] = engine.generate([sys.argv[2]], SamplingArgs(temperature=0.0, max_tokens=12, logprobs=False))\n"
+        "print('TOKENS', json.dumps(c.token_ids))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(out), prompt], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    token_ids = json.loads(run.stdout.split("TOKENS ", 1)[1])
+    assert token_ids[: len(hf_tokens)] == hf_tokens.tolist()[: len(token_ids)]
+    assert len(token_ids) > 0
