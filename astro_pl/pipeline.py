@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -130,6 +131,34 @@ def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from
     return summary
 
 
+def mean_std(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def compare_runs(root: str | Path) -> str:
+    """Side-by-side table of pipeline runs under `root` named `<arm>-seed<N>`: per arm and evaluated stage,
+    accuracy (%) and backtracks per response as mean ± sample std over the seeds found."""
+    arms: dict[str, list[dict]] = {}
+    for path in sorted(Path(root).glob("*/summary.json")):
+        arms.setdefault(re.sub(r"-seed\d+$", "", path.parent.name), []).append(json.loads(path.read_text()))
+    if not arms:
+        raise ValueError(f"{root}: no <arm>-seed<N>/summary.json run folders")
+    stages = [name for name, r in next(iter(arms.values()))[0]["stages"].items() if "accuracy" in r]
+    header = "| arm | seeds | " + " | ".join(f"{s} accuracy (%) | {s} backtracks" for s in stages) + " |"
+    lines = [header, "|---|---:|" + "---:|---:|" * len(stages)]
+    for arm, runs in arms.items():
+        cells = []
+        for stage in stages:
+            done = [r["stages"][stage] for r in runs if stage in r["stages"]]
+            cells += [mean_std([d["accuracy"] for d in done]) if done else "-",
+                      f"{sum(d['mean_backtracks'] for d in done) / len(done):.2f}" if done else "-"]
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {arm} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="astro pipeline", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
@@ -137,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Substituted for {seed} in stage commands.")
     parser.add_argument("--start_from", type=str | None, default=None, help="Rerun from this stage on.")
     parser.add_argument("--stages", type=list[Stage], default=[], help="The stages, in order.")
+    parser.add_argument("--compare", type=str | None, default=None,
+                        help="Print the side-by-side table of the <arm>-seed<N> runs under this folder, and exit.")
     cfg = parser.parse_args(argv)
+    if cfg.compare:
+        print(compare_runs(cfg.compare))
+        return 0
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     stages = [Stage(**vars(s)) if not isinstance(s, Stage) else s for s in parser.instantiate_classes(cfg).stages]

@@ -64,3 +64,23 @@ def test_eval_summary_gives_pass_at_1_of_the_named_benchmark(tmp_path):
         read_eval_summary(path)
     with pytest.raises(ValueError, match="no benchmark 'aime24'"):
         read_eval_summary(path, "aime24")
+
+
+def test_compare_runs_gives_mean_and_spread_per_arm(tmp_path):
+    from astro_pl.pipeline import compare_runs
+
+    def write(name, seed, sft, rl):
+        (tmp_path / name).mkdir()
+        stages = {"search": {"seconds": 1.0}, "sft-eval": {"accuracy": sft, "mean_backtracks": 1.0},
+                  "rl-eval": {"accuracy": rl, "mean_backtracks": 2.0}}
+        (tmp_path / name / "summary.json").write_text(json.dumps({"seed": seed, "stages": stages}))
+
+    write("astro-seed0", 0, 0.10, 0.20)
+    write("astro-seed1", 1, 0.30, 0.40)
+    write("direct-seed0", 0, 0.05, 0.10)
+    table = compare_runs(tmp_path)
+    # astro sft: mean 20.0, sample std sqrt(((10-20)^2 + (30-20)^2) / 1) = 14.1
+    assert "| astro | 0, 1 | 20.0 ± 14.1 | 1.00 | 30.0 ± 14.1 | 2.00 |" in table
+    assert "| direct | 0 | 5.0 ± 0.0 | 1.00 | 10.0 ± 0.0 | 2.00 |" in table
+    with pytest.raises(ValueError, match="no <arm>-seed<N>"):
+        compare_runs(tmp_path / "astro-seed0")

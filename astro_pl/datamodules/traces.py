@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Literal
 
@@ -114,6 +115,8 @@ class TraceDataModule(L.LightningDataModule):
         drop_last: Drop the last incomplete global batch.
         num_workers: DataLoader workers (collation is cheap; 0 is usually fine).
         cache_dir: Where tokenised data is cached; defaults to `.astro_cache` next to the data file.
+        max_train_examples: Train on a seeded random subset of this many examples (all when None), e.g. to give
+            the arms of an ablation the same number of examples.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class TraceDataModule(L.LightningDataModule):
         drop_last: bool = False,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        max_train_examples: int | None = None,
     ) -> None:
         super().__init__()
         if (train_file is None) == (search_config is None):
@@ -151,6 +155,9 @@ class TraceDataModule(L.LightningDataModule):
         self.loss_on, self.max_seq_len, self.overflow, self.packing = loss_on, max_seq_len, overflow, packing
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.num_workers, self.cache_dir = num_workers, cache_dir
+        if max_train_examples is not None and max_train_examples < 1:
+            raise ValueError(f"--data.max_train_examples must be >= 1, got {max_train_examples}")
+        self.max_train_examples = max_train_examples
         self.datasets: dict[str, list[dict]] = {}
         self.stats: dict[str, int] = {}
         self._tokenizer = None
@@ -231,6 +238,11 @@ class TraceDataModule(L.LightningDataModule):
                 data = self.tokenize_cached(split)
                 self.datasets[split] = data["examples"]
                 self.stats.update({f"{split}/{k}": v for k, v in data["stats"].items()})
+        train = self.datasets["train"]
+        if self.max_train_examples is not None and len(train) > self.max_train_examples:
+            keep = sorted(random.Random(self.seed).sample(range(len(train)), self.max_train_examples))
+            self.datasets["train"] = [train[i] for i in keep]
+            self.stats["train/examples"] = len(keep)
         rank_zero_info(
             f"SFT data: {self.stats} (over-long examples beyond {self.max_seq_len} tokens were {self.overflow}d)"
         )

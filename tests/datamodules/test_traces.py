@@ -175,3 +175,13 @@ def test_search_config_runs_the_search_once(tiny_model_dir, tmp_path):
 def test_exactly_one_source_is_required(tiny_model_dir):
     with pytest.raises(ValueError, match="exactly one of --data.train_file and --data.search_config"):
         TraceDataModule(tokenizer_path=str(tiny_model_dir))
+
+
+def test_max_train_examples_takes_a_seeded_subset(tiny_model_dir, traces):
+    every = [e["input_ids"].tolist() for e in make_dm(tiny_model_dir, traces, max_seq_len=4096).datasets["train"]]
+    first = make_dm(tiny_model_dir, traces, max_seq_len=4096, max_train_examples=15)
+    again = make_dm(tiny_model_dir, traces, max_seq_len=4096, max_train_examples=15)
+    subset = [e["input_ids"].tolist() for e in first.datasets["train"]]
+    assert len(subset) == 15 and first.stats["train/examples"] == 15
+    assert subset == [e["input_ids"].tolist() for e in again.datasets["train"]]
+    assert all(ex in every for ex in subset) and subset != every[:15]
