@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jsonargparse import ArgumentParser, ActionConfigFile
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 
 @dataclass
@@ -82,13 +82,10 @@ def format_table(rows: list[dict]) -> str:
     header = "| stage | accuracy | mean backtracks | response length | wall time (s) |"
     lines = [header, "|---|---:|---:|---:|---:|"]
     for row in rows:
-        def cell(key: str, fmt: str) -> str:
-            return format(row[key], fmt) if row.get(key) is not None else "-"
-
-        lines.append(
-            f"| {row['stage']} | {cell('accuracy', '.3f')} | {cell('mean_backtracks', '.2f')} "
-            f"| {cell('mean_length', '.1f')} | {cell('seconds', '.0f')} |"
-        )
+        cells = [format(row[k], fmt) if row.get(k) is not None else "-"
+                 for k, fmt in (("accuracy", ".3f"), ("mean_backtracks", ".2f"), ("mean_length", ".1f"),
+                                ("seconds", ".0f"))]
+        lines.append(f"| {row['stage']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

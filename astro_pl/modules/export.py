@@ -8,7 +8,6 @@ which are either merged into the base weights (one standalone model; what vLLM s
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import lightning as L

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = ArgumentParser(prog="astro tiny-model", description=main.__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_argument("--texts", type=str, nargs="+", required=True, help="JSONL files whose text fields fit the BPE.")
+    parser.add_argument("--texts", type=str, nargs="+", required=True, help="JSONL files to fit the BPE on.")
     parser.add_argument("--fields", type=list[str], default=["problem", "trace"], help="Text fields to read.")
     parser.add_argument("--out", type=str, required=True, help="Output directory (HF format).")
     parser.add_argument("--vocab_size", type=int, default=512)
