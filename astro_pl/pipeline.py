@@ -52,12 +52,14 @@ def run_stage(stage: Stage, values: dict[str, str], log_dir: Path) -> float:
     print(f"\n=== stage {stage.name}: astro {shlex.join(argv[3:])}", flush=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with (log_dir / f"{stage.name}.log").open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    with (log_dir / f"{stage.name}.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
+        # Chunks, not lines: progress bars redraw with "\r" and would otherwise show only when a stage ends.
+        while chunk := proc.stdout.read1(65536):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            log.write(chunk)
         code = proc.wait()
     if code != 0:
         raise SystemExit(f"stage {stage.name!r} failed with exit code {code}; log: {log_dir / (stage.name + '.log')}")
