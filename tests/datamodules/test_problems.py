@@ -41,7 +41,7 @@ def test_registry_covers_every_data_file(shared_data):
 
 def test_default_data_dir_is_shared_data_and_env_overrides(shared_data, monkeypatch, tmp_path):
     monkeypatch.delenv("ASTRO_DATA_DIR", raising=False)
-    assert default_data_dir() == shared_data.resolve()
+    assert default_data_dir().resolve() == shared_data.resolve()
     assert len(load_benchmark("aime24")) == 30
     monkeypatch.setenv("ASTRO_DATA_DIR", str(tmp_path))
     assert default_data_dir() == tmp_path
