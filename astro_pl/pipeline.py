@@ -144,7 +144,8 @@ def compare_runs(root: str | Path) -> str:
         arms.setdefault(re.sub(r"-seed\d+$", "", path.parent.name), []).append(json.loads(path.read_text()))
     if not arms:
         raise ValueError(f"{root}: no <arm>-seed<N>/summary.json run folders")
-    stages = [name for name, r in next(iter(arms.values()))[0]["stages"].items() if "accuracy" in r]
+    stages = list(dict.fromkeys(name for runs in arms.values() for run in runs
+                                for name, r in run["stages"].items() if "accuracy" in r))  # unfinished runs too
     header = "| arm | seeds | " + " | ".join(f"{s} accuracy (%) | {s} backtracks" for s in stages) + " |"
     lines = [header, "|---|---:|" + "---:|---:|" * len(stages)]
     for arm, runs in arms.items():
