@@ -131,8 +131,11 @@ def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from
 
 
 def mean_std(values: list[float]) -> str:
+    """Percent mean ± sample std; a single run has no spread to show."""
     mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    if len(values) == 1:
+        return f"{100 * mean:.1f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
@@ -154,7 +157,7 @@ def compare_runs(root: str | Path) -> str:
             done = [r["stages"][stage] for r in runs if stage in r["stages"]]
             cells += [mean_std([d["accuracy"] for d in done]) if done else "-",
                       f"{sum(d['mean_backtracks'] for d in done) / len(done):.2f}" if done else "-"]
-        seeds = ", ".join(str(r["seed"]) for r in runs)
+        seeds = ", ".join(str(r["seed"]) for r in runs if any(s in r["stages"] for s in stages))
         lines.append(f"| {arm} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
