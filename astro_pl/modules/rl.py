@@ -10,7 +10,9 @@ One training step = one rollout batch:
 5. `epochs` passes over the batch in `mini_batches` optimiser steps each, micro-batched, with the clipped-ratio
    loss, optional k3 KL to a frozen reference and optional truncated importance weights.
 
-Every rank runs its own engine on its own prompts; groups never span ranks, so advantages are local. Loss
+Every rank runs its own engine on its own prompts; groups never span ranks, so advantages are local. Ranks that
+form one tensor-parallel vLLM engine (`external_launcher`: the training ranks are its workers) gather their
+prompts, submit the same requests with one seed, and each keeps the completions of its own prompts. Loss
 normalisers (tokens, sequences) are summed over ranks so that FSDP's gradient averaging gives the loss of the
 global batch. Dynamic sampling draws until every rank has enough groups and then keeps the same number on every
 rank, so all ranks run the same number of forward/backward passes.
@@ -128,6 +130,29 @@ def _all_reduce(value: float, op: str = "sum") -> float:
     return float(t.item())
 
 
+def gather_in_group(items: list, group) -> tuple[list, int]:
+    """Every rank's `items` of `group`, concatenated in rank order, and the offset where this rank's begin."""
+    parts: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, items, group=group)
+    offset = sum(len(part) for part in parts[: dist.get_rank(group)])
+    return [item for part in parts for item in part], offset
+
+
+def generate_shared(engine: RolloutEngine, prompt_ids: list[list[int]], params: SamplingArgs, group=None):
+    """This rank's completions; with a `group` sharing one engine, every member submits the group's prompts."""
+    if group is None:
+        return engine.generate(prompt_ids, params)
+    shared, offset = gather_in_group(prompt_ids, group)
+    return engine.generate(shared, params)[offset: offset + len(prompt_ids)]
+
+
+def ranks_per_engine(engine_args: EngineArgs) -> int:
+    """How many consecutive ranks drive one engine: its TP degree under `external_launcher`, else 1 per rank."""
+    if engine_args.extra.get("distributed_executor_backend") == "external_launcher":
+        return engine_args.tensor_parallel_size
+    return 1
+
+
 class RLModule(L.LightningModule):
     """Policy optimisation with verifiable math rewards and on-policy rollouts from an in-process engine.
 
@@ -144,7 +169,10 @@ class RLModule(L.LightningModule):
         sync_bucket_mb: Most megabytes gathered and sent to the engine at once during weight sync.
         sleep_engine: Put the engine to sleep during the update and wake it for the next sync (GPU vLLM).
         fsdp: Shard each decoder layer with FSDP2 when run under `ModelParallelStrategy`.
+        gradient_checkpointing: Recompute activations in backward (long responses, large models).
         seed: Seeds sampling and mini-batch shuffling (with the step), so reruns and resumes repeat exactly.
+        engine_group_size: Consecutive ranks that share one engine and so submit identical requests; None
+            derives it from `engine_args` (`tensor_parallel_size` under vLLM's `external_launcher`, else 1).
         nan_at_step: Testing aid: make the loss NaN at this rollout step to exercise the failure path.
     """
 
@@ -161,7 +189,9 @@ class RLModule(L.LightningModule):
         sync_bucket_mb: float = 256.0,
         sleep_engine: bool = False,
         fsdp: bool = True,
+        gradient_checkpointing: bool = False,
         seed: int = 0,
+        engine_group_size: int | None = None,
         nan_at_step: int | None = None,
     ):
         super().__init__()
@@ -182,8 +212,15 @@ class RLModule(L.LightningModule):
             engine_args=self.engine_args, sampling=sampling, grpo=grpo, optim=self.optim).items()})
         self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
         self.sleep_engine, self.use_fsdp, self.seed, self.nan_at_step = sleep_engine, fsdp, seed, nan_at_step
+        self.gradient_checkpointing = gradient_checkpointing
+        self.engine_group_size = engine_group_size or ranks_per_engine(self.engine_args)
+        if self.engine_group_size < 1:
+            raise ValueError(f"--model.engine_group_size must be >= 1, got {engine_group_size}")
+        self._engine_group = None  # process group of the ranks sharing this rank's engine (size > 1 only)
         self.model: torch.nn.Module | None = None  # the policy
-        self.reference: torch.nn.Module | None = None
+        # a tuple keeps the frozen reference out of the module tree: it is rebuilt from model_path, so it stays
+        # out of checkpoints, optimiser state and weight sync
+        self._reference: tuple[torch.nn.Module, ...] = ()
         self.engine: RolloutEngine | None = None
         self.tokenizer = None
         self.rollout_step = 0  # rollout batches done (optimiser steps are trainer.global_step)
@@ -191,6 +228,7 @@ class RLModule(L.LightningModule):
         self._synced_version: int | None = None
         self._engine_attached = False
         self.last_rollout: GroupBuffer | None = None
+        self.engine_prompts = 0  # prompts this rank's engine generated for in the last step (its group's)
         self.val_pass1, self.val_length, self.val_backtracks = PassAtK(k=1), MeanResponseLength(), MeanBacktracks()
 
     # ---- setup ------------------------------------------------------------------------------------------------
@@ -208,17 +246,44 @@ class RLModule(L.LightningModule):
 
         self.tokenizer = load_tokenizer(self.model_path)
         self.model = load_causal_lm(self.model_path, self.dtype_name)
+        if self.gradient_checkpointing:
+            self.model.config.use_cache = False
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        reference = None
         if self.grpo.beta > 0:
-            self.reference = load_causal_lm(self.model_path, self.dtype_name).requires_grad_(False).eval()
+            reference = load_causal_lm(self.model_path, self.dtype_name).requires_grad_(False).eval()
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
         if self.use_fsdp and mesh is not None:
             from astro_pl.modules.fsdp import shard_decoder
 
             self.model = shard_decoder(self.model, mesh["data_parallel"])
-            if self.reference is not None:
-                self.reference = shard_decoder(self.reference, mesh["data_parallel"])
+            if reference is not None:
+                reference = shard_decoder(reference, mesh["data_parallel"])
+        self._reference = () if reference is None else (reference,)
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        """The frozen initial policy of the KL term (None when beta == 0), on this module's device."""
+        if not self._reference:
+            return None
+        from torch.distributed.fsdp import FSDPModule
+
+        reference = self._reference[0]
+        if not isinstance(reference, FSDPModule) and next(reference.parameters()).device != self.device:
+            reference.to(self.device)  # Lightning moves only registered submodules; FSDP2 placed sharded ones
+        return reference
 
     def setup(self, stage: str) -> None:
+        size = self.engine_group_size
+        if size > 1 and self._engine_group is None:
+            world = self.trainer.world_size
+            if world % size:
+                raise ValueError(f"engine group size {size} (tensor-parallel ranks per engine) does not divide the "
+                                 f"{world} training ranks")
+            for start in range(0, world, size):  # every rank creates every group, as new_group requires
+                group = dist.new_group(list(range(start, start + size)))
+                if start <= self.global_rank < start + size:
+                    self._engine_group = group
         if self.tokenizer is None:
             from astro_pl.modules.models import load_tokenizer
 
@@ -299,16 +364,18 @@ class RLModule(L.LightningModule):
     def _collect(self, dataloader_iter, step: int) -> tuple[GroupBuffer, float, float, int]:
         from astro_pl.rewards.math import math_reward
 
-        buffer, gen_s, reward_s, tokens = GroupBuffer(), 0.0, 0.0, 0
+        buffer, gen_s, reward_s, tokens, submitted = GroupBuffer(), 0.0, 0.0, 0, 0
         batch_size = self.trainer.datamodule.batch_size
-        rank = self.global_rank
+        engine_index = self.global_rank // self.engine_group_size
         for draw in range(self.grpo.max_extra_draws + 1 if self.grpo.dynamic_sampling else 1):
             items = next(dataloader_iter)
             items = items[0] if isinstance(items, tuple) else items
             prompt_ids = self._prompt_ids([it.prompt for it in items])
-            seed = self.seed * 1_000_003 + step * 10_007 + draw * 1_009 + rank * 101_111
+            seed = self.seed * 1_000_003 + step * 10_007 + draw * 1_009 + engine_index * 101_111
             start = time.perf_counter()
-            outputs = self.engine.generate(prompt_ids, dataclasses.replace(self.sampling, seed=seed))
+            outputs = generate_shared(self.engine, prompt_ids, dataclasses.replace(self.sampling, seed=seed),
+                                      self._engine_group)
+            submitted += len(prompt_ids) * self.engine_group_size  # every rank draws the same number
             gen_s += time.perf_counter() - start
             start = time.perf_counter()
             groups = []
@@ -325,6 +392,7 @@ class RLModule(L.LightningModule):
                 buffer.add(groups, [True] * len(groups))
             if _all_reduce(len(buffer), "min") >= batch_size:
                 break
+        self.engine_prompts = submitted
         return buffer, gen_s, reward_s, tokens
 
     def _rollout_metrics(self, buffer: GroupBuffer, groups: list[Group], tokens: int, gen_s: float,
@@ -345,6 +413,7 @@ class RLModule(L.LightningModule):
             "rollout/truncated_frac": sum(c.finish_reason == "length" for c in completions) / max(len(completions), 1),
             "rollout/backtracks": sum(count_backtracks(c.text) for c in completions) / max(len(completions), 1),
             "rollout/tokens_per_s": tokens / max(gen_s, 1e-9),
+            "rollout/engine_prompts": float(self.engine_prompts),
             "time/sync_s": sync_s,
             "time/generate_s": gen_s,
             "time/reward_s": reward_s,

@@ -21,7 +21,7 @@ def rl_config(tmp_path: Path, model_dir: Path, *, steps: int = 2, engine: str = 
     text = (REPO / "configs" / "rl" / "synthetic.yaml").read_text()
     text = text.replace("runs/sft/synthetic/hf", str(model_dir)).replace("runs/rl/synthetic", str(tmp_path / "run"))
     config = yaml.safe_load(text)
-    config["trainer"].update(max_steps=steps, val_check_interval=2, limit_val_batches=1, **(trainer or {}))
+    config["trainer"].update({"max_steps": steps, "val_check_interval": 2, "limit_val_batches": 1, **(trainer or {})})
     config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 1
     init = config["model"]["init_args"]
     init["engine"] = engine

@@ -45,6 +45,18 @@ def test_fit_rl_two_processes_fsdp_vllm(rl_policy_dir, tmp_path):
     assert any(not torch.equal(exported[k], base[k]) for k in base)  # the policy moved
 
 
+def test_two_ranks_sharing_one_engine_submit_both_shares(rl_policy_dir, tmp_path):
+    # the layout of a tensor-parallel vLLM engine under external_launcher, here with the transformers engine
+    config = rl_config(tmp_path, rl_policy_dir, steps=1, devices=2, engine="hf", model={"engine_group_size": 2},
+                       trainer={"limit_val_batches": 0})
+    result = run_astro("fit", "--config", str(config), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    summary = wandb_summary(tmp_path / "run")
+    assert summary["rollout/engine_prompts"] == 4  # 2 prompts per rank, both ranks' prompts per engine call
+    meta = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=False)
+    assert meta["PromptDataModule"] == {"position": 4} and meta["global_step"] == 1
+
+
 def _run(model_dir, root, engine, steps, ckpt_path=None):
     module = RLModule(str(model_dir), engine="vllm", sampling=SamplingArgs(max_tokens=16, temperature=1.0),
                       grpo=GRPOArgs(group_size=4, micro_batch_size=8, epochs=1, mini_batches=2))

@@ -161,3 +161,23 @@ def test_several_optimiser_steps_per_rollout(tiny_model_dir, tmp_path):
     assert m["train/kl"].item() >= 0 and "train/is_weight_mean" in m
     # later mini-batches see a moved policy: the ratio leaves 1
     assert m["train/ratio_max"].item() != pytest.approx(1.0, abs=1e-7)
+    # the frozen reference is rebuilt from model_path: not in the checkpoint, the optimiser or the parameters
+    trainer.save_checkpoint(tmp_path / "kl.ckpt")
+    state = torch.load(tmp_path / "kl.ckpt", weights_only=True)
+    assert state["state_dict"] and not [k for k in state["state_dict"] if "reference" in k]
+    num_params = len(list(module.model.parameters()))
+    assert len(list(module.parameters())) == num_params
+    assert len(state["optimizer_states"][0]["state"]) == num_params
+    assert all(not p.requires_grad for p in module.reference.parameters())
+
+
+def test_activation_checkpointing_gives_the_same_update(tiny_model_dir, tmp_path):
+    weights = []
+    for checkpointing in (False, True):
+        module, data, trainer, _ = make(tiny_model_dir, tmp_path / str(checkpointing), max_steps=1,
+                                        gradient_checkpointing=checkpointing)
+        trainer.fit(module, datamodule=data)
+        assert module.model.is_gradient_checkpointing == checkpointing
+        weights.append({k: v.detach().clone() for k, v in module.model.named_parameters()})
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6)
