@@ -14,7 +14,6 @@ the files an unsharded run writes.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from astro_pl.evaluation.backtracks import (
 from astro_pl.evaluation.report import summarize, write_report
 from astro_pl.rewards.math import answers_match, extract_final_answer
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
+from astro_pl.shards import complete_shards, parse_shard, shard_range
 
 # Settings that change scores; a summary records them and merging refuses shards that disagree on them.
 SCORED_SETTINGS = ("model", "checkpoint", "benchmarks", "synthetic", "limit", "num_samples", "temperature", "top_p",
@@ -129,19 +129,6 @@ class EvalArgs:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.shard is not None:
             parse_shard(self.shard)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """ "I/N" -> (I, N) with 0 <= I < N."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match or not int(match.group(1)) < int(match.group(2)):
-        raise ValueError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def shard_range(num_items: int, index: int, count: int) -> range:
-    """Contiguous block `index` of `count` near-equal blocks of range(num_items)."""
-    return range(index * num_items // count, (index + 1) * num_items // count)
 
 
 def load_eval_problems(args: EvalArgs) -> list[tuple[str, Problem]]:
@@ -283,17 +270,9 @@ def evaluate(args: EvalArgs, engine: RolloutEngine | None = None, tokenizer=None
 def merge_shards(folder: str | Path) -> dict:
     """Combines `samples.shard-I-of-N.jsonl` files (all N of them, equal settings) into one summary."""
     folder = Path(folder)
-    found = {tuple(map(int, m.groups())): path for path in folder.glob("settings.shard-*-of-*.json")
-             if (m := re.fullmatch(r"settings\.shard-(\d+)-of-(\d+)\.json", path.name))}
-    counts = {n for _, n in found}
-    if len(counts) != 1:
-        raise ValueError(f"{folder}: expected shard files of one run (settings.shard-I-of-N.json), found "
-                         f"{sorted(p.name for p in found.values()) or 'none'}")
-    (count,) = counts
-    missing = [i for i in range(count) if (i, count) not in found]
-    if missing:
-        raise ValueError(f"{folder}: shards {missing} of {count} are missing")
-    settings = [json.loads(found[i, count].read_text(encoding="utf-8")) for i in range(count)]
+    paths = complete_shards(folder, "settings.shard-{i}-of-{n}.json")
+    count = len(paths)
+    settings = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     if any(s != settings[0] for s in settings):
         raise ValueError(f"{folder}: the shards were run with different settings")
     records = [r for i in range(count) for r in read_jsonl(folder / f"samples.shard-{i}-of-{count}.jsonl")]

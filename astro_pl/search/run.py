@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -46,6 +45,7 @@ from astro_pl.search.proposers import (
     TeacherArgs,
 )
 from astro_pl.search.tree import SearchTree, append_tree, read_trees
+from astro_pl.shards import complete_shards, parse_shard, shard_range
 
 
 @dataclass
@@ -256,7 +256,6 @@ def search_and_write(problems: list[Problem], proposer: StepProposer, cfg: Names
 
 # ---- shards and run settings ------------------------------------------------------------------------------
 
-SHARD_DIR = re.compile(r"shard-(\d+)-of-(\d+)")
 NOT_SETTINGS = ("out_dir", "shard", "merge", "config")
 
 
@@ -304,20 +303,11 @@ def claim_folder(out_dir: Path, run: dict) -> None:
 def merge_shards(folder: Path) -> dict:
     """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl,
     run.json and summary.json, in problem order: the files an unsharded run writes."""
-    found = {(int(m[1]), int(m[2])): d for d in (folder.iterdir() if folder.is_dir() else ())
-             if d.is_dir() and (m := SHARD_DIR.fullmatch(d.name))}
-    counts = {n for _, n in found}
-    if len(counts) != 1:
-        raise ValueError(f"{folder}: expected the shard folders of one run (shard-I-of-N), found "
-                         f"{sorted(d.name for d in found.values()) or 'none'}")
-    (count,) = counts
-    missing = [i for i in range(count) if (i, count) not in found]
-    if missing:
-        raise ValueError(f"{folder}: shards {missing} of {count} are missing; run astro search --shard I/{count} "
-                         "for each")
+    shard_dirs = complete_shards(folder, "shard-{i}-of-{n}", "; run astro search --shard I/N for each")
+    count = len(shard_dirs)
     runs = []
     for i in range(count):
-        path = found[i, count] / "run.json"
+        path = shard_dirs[i] / "run.json"
         if not path.exists():
             raise ValueError(f"{path}: missing; shard {i} of {count} has not started")
         runs.append(json.loads(path.read_text(encoding="utf-8")))
@@ -327,7 +317,7 @@ def merge_shards(folder: Path) -> dict:
                              f"({', '.join(changed[:8])})")
     trees, traces = [], []
     for i, run in enumerate(runs):
-        shard_dir = found[i, count]
+        shard_dir = shard_dirs[i]
         by_id = {t.problem_id: t for t in read_trees(shard_dir / "trees.jsonl")} \
             if (shard_dir / "trees.jsonl").exists() else {}
         if set(by_id) != set(run["problem_ids"]):
@@ -371,7 +361,6 @@ def main(argv: list[str] | None = None) -> int:
         problems = cfg.problems.load()
         out_dir, shard = Path(cfg.out_dir), None
         if cfg.shard is not None:
-            from astro_pl.evaluation.run import parse_shard, shard_range  # the convention of astro eval --shard
 
             shard = parse_shard(cfg.shard)
             problems = [problems[i] for i in shard_range(len(problems), *shard)]

@@ -19,12 +19,17 @@ def run_env(**extra: str) -> dict[str, str]:
 
 
 def sft_config(root: Path, model: Path, data: Path, *, steps: int, devices: int = 1, every: int = 2,
-               name: str = "run") -> str:
-    """A complete SFT config on the tiny Llama: FSDP2 (`ModelParallelStrategy`) when devices > 1, W&B offline."""
+               name: str = "run", batch_size: int = 2, lr: float = 1e-3, lr_schedule: str = "warmup_ratio: 0.1",
+               export: bool = False) -> str:
+    """A complete SFT config on the tiny Llama: FSDP2 (`ModelParallelStrategy`) when devices > 1, W&B offline,
+    with `export` an HF export in root/hf."""
     strategy = "auto" if devices == 1 else (
         "{class_path: lightning.pytorch.strategies.ModelParallelStrategy, "
         f"init_args: {{data_parallel_size: {devices}, tensor_parallel_size: 1}}}}"
     )
+    hf_export = f"""
+    - class_path: astro_pl.modules.export.HFExport
+      init_args: {{dirpath: {root}/hf, dtype: float32}}""" if export else ""
     return f"""
 seed_everything: 0
 trainer:
@@ -41,15 +46,15 @@ trainer:
     init_args: {{project: astro-test, name: {name}, save_dir: {root}, offline: true}}
   callbacks:
     - class_path: astro_pl.modules.checkpointing.AtomicCheckpoint
-      init_args: {{dirpath: {root}/ckpt, save_last: link, every_n_train_steps: {every}}}
+      init_args: {{dirpath: {root}/ckpt, save_last: link, every_n_train_steps: {every}}}{hf_export}
 model:
   class_path: astro_pl.modules.sft.SFTModule
   init_args:
     model_path: {model}
-    optim: {{lr: 1.0e-3, warmup_ratio: 0.1}}
+    optim: {{lr: {lr}, {lr_schedule}}}
 data:
   class_path: astro_pl.datamodules.traces.TraceDataModule
-  init_args: {{tokenizer_path: {model}, train_file: {data}, max_seq_len: 128, batch_size: 2}}
+  init_args: {{tokenizer_path: {model}, train_file: {data}, max_seq_len: 128, batch_size: {batch_size}}}
 """
 
 

@@ -3,76 +3,32 @@ into the same W&B run, and FSDP2 on 2 CPU processes (with a checkpoint resume) m
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from scale_helpers import ASTRO, REPO, run, sft_config, wandb_run, wandb_run_files
 
 from tests.datamodules.test_traces import write_traces
 
-REPO = Path(__file__).resolve().parents[2]
-ASTRO = [sys.executable, "-m", "astro_pl.cli"]
 STEPS = 8
 
 
-def config_yaml(root: Path, model: Path, data: Path, *, steps: int = STEPS, batch_size: int = 2, devices: int = 1,
-                every: int = 2, name: str = "run", lr_schedule: str = "warmup_ratio: 0.25") -> str:
-    strategy = "auto" if devices == 1 else (
-        "{class_path: lightning.pytorch.strategies.ModelParallelStrategy, "
-        f"init_args: {{data_parallel_size: {devices}, tensor_parallel_size: 1}}}}"
-    )
-    return f"""
-seed_everything: 0
-trainer:
-  accelerator: cpu
-  devices: {devices}
-  strategy: {strategy}
-  max_steps: {steps}
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning.pytorch.loggers.WandbLogger
-    init_args: {{project: astro-test, name: {name}, save_dir: {root}, offline: true}}
-  callbacks:
-    - class_path: astro_pl.modules.checkpointing.AtomicCheckpoint
-      init_args: {{dirpath: {root}/ckpt, save_last: link, every_n_train_steps: {every}}}
-    - class_path: astro_pl.modules.export.HFExport
-      init_args: {{dirpath: {root}/hf, dtype: float32}}
-model:
-  class_path: astro_pl.modules.sft.SFTModule
-  init_args:
-    model_path: {model}
-    optim: {{lr: 3.0e-3, {lr_schedule}}}
-data:
-  class_path: astro_pl.datamodules.traces.TraceDataModule
-  init_args: {{tokenizer_path: {model}, train_file: {data}, max_seq_len: 128, batch_size: {batch_size}}}
-"""
+def config_yaml(root: Path, model: Path, data: Path, *, steps: int = STEPS, **kwargs) -> str:
+    return sft_config(root, model, data, steps=steps, lr=3e-3, lr_schedule="warmup_ratio: 0.25", export=True, **kwargs)
 
 
-def astro(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*ASTRO, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"astro {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
+def astro(*args: str) -> subprocess.CompletedProcess:
+    return run([*ASTRO, *args])
 
 
 def wandb_runs(root: Path) -> list[dict]:
-    runs = []
-    for path in sorted((root / "wandb").glob("offline-run-*/*.wandb")):
-        out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(path)],
-                             capture_output=True, text=True, timeout=120, check=True)
-        runs.append(json.loads(out.stdout))
-    return runs
+    return [wandb_run(path) for path in wandb_run_files(root)]
 
 
 def final_weights(root: Path) -> dict[str, torch.Tensor]:

@@ -18,11 +18,10 @@ from astro_pl.evaluation.run import (
     main,
     merge_shards,
     parse_args,
-    parse_shard,
     score_sample,
-    shard_range,
 )
 from astro_pl.rollout.base import Completion
+from astro_pl.shards import parse_shard, shard_range
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_KEYS = {"benchmark", "problem_id", "index", "sample", "gold", "answer", "correct", "backtracks", "reflections",

@@ -192,7 +192,7 @@ def test_merge_refuses_missing_mixed_and_unfinished_shards(tmp_path, capsys):
     assert main(["--merge", str(out)]) == 0
     assert [t.problem_id for t in read_trees(out / "trees.jsonl")] == [f"synthetic-0-{i}" for i in range(6)]
     main([*tiny, "--shard", "0/2"])
-    assert "expected the shard folders of one run" in shard_error(capsys, ["--merge", str(out)])
+    assert "expected the shards of one run (shard-I-of-N)" in shard_error(capsys, ["--merge", str(out)])
 
 
 # ---- soundness judges ---------------------------------------------------------------------------------------
