@@ -60,6 +60,7 @@ class ProblemArgs:
         min_operations: Fewest operators per synthetic expression.
         max_operations: Most operators per synthetic expression.
         operators: Operators of the synthetic expressions ("+-*", or "+-" for tiny models).
+        operand_max: Largest synthetic operand (smaller: fewer arithmetic facts for a tiny model to learn).
         seed: Seed of the synthetic problems.
     """
 
@@ -69,6 +70,7 @@ class ProblemArgs:
     min_operations: int = 2
     max_operations: int = 4
     operators: str = "+-*"
+    operand_max: int = 9
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,7 +80,8 @@ class ProblemArgs:
     def load(self) -> list[Problem]:
         if self.source == "synthetic":
             problems = synthetic_arithmetic(
-                self.num_synthetic, self.seed, self.min_operations, self.max_operations, operators=self.operators
+                self.num_synthetic, self.seed, self.min_operations, self.max_operations,
+                operand_max=self.operand_max, operators=self.operators,
             )
             problems = problems[: self.limit] if self.limit is not None else problems
         else:

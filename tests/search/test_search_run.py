@@ -256,3 +256,11 @@ def test_llm_proposer_through_the_cli(tmp_path, tiny_model_dir):
         assert tree.root.visits == 2 and len(tree.root.children) >= 1
         assert sum(tree.nodes[c].prior for c in tree.root.children) == pytest.approx(1.0)
     assert json.loads((out / "summary.json").read_text())["trees"] == 2
+
+
+def test_synthetic_problem_knobs_reach_the_generator():
+    from astro_pl.search.run import ProblemArgs
+
+    problems = ProblemArgs(num_synthetic=50, min_operations=1, max_operations=1, operators="+", operand_max=3).load()
+    operands = [int(n) for p in problems for n in re.findall(r"\d+", p.problem)]
+    assert len(problems) == 50 and set(operands) <= {1, 2, 3} and all("-" not in p.problem for p in problems)
