@@ -47,6 +47,7 @@ from astro_pl.modules.losses import (
     token_logprobs,
     truncated_is_weights,
 )
+from astro_pl.modules.models import LoraArgs
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
 from astro_pl.modules.weight_sync import sync_weights
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
@@ -170,6 +171,7 @@ class RLModule(L.LightningModule):
         sleep_engine: Put the engine to sleep during the update and wake it for the next sync (GPU vLLM).
         fsdp: Shard each decoder layer with FSDP2 when run under `ModelParallelStrategy`.
         gradient_checkpointing: Recompute activations in backward (long responses, large models).
+        lora: Train LoRA adapters (peft) instead of all weights; the engine gets the merged weights.
         seed: Seeds sampling and mini-batch shuffling (with the step), so reruns and resumes repeat exactly.
         engine_group_size: Consecutive ranks that share one engine and so submit identical requests; None
             derives it from `engine_args` (`tensor_parallel_size` under vLLM's `external_launcher`, else 1).
@@ -190,6 +192,7 @@ class RLModule(L.LightningModule):
         sleep_engine: bool = False,
         fsdp: bool = True,
         gradient_checkpointing: bool = False,
+        lora: LoraArgs | None = None,
         seed: int = 0,
         engine_group_size: int | None = None,
         nan_at_step: int | None = None,
@@ -198,7 +201,7 @@ class RLModule(L.LightningModule):
         if sync_bucket_mb <= 0:
             raise ValueError(f"--model.sync_bucket_mb must be > 0, got {sync_bucket_mb}")
         # dataclasses go in as dicts, so checkpoints load with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["engine_args", "sampling", "grpo", "optim"])
+        self.save_hyperparameters(ignore=["engine_args", "sampling", "grpo", "optim", "lora"])
         self.automatic_optimization = False
         self.model_path, self.engine_kind, self.dtype_name = model_path, engine, dtype
         self.engine_args = engine_args or EngineArgs(model=model_path, dtype=dtype)
@@ -208,8 +211,10 @@ class RLModule(L.LightningModule):
         self.grpo = grpo
         self.val_max_tokens = val_max_tokens or sampling.max_tokens
         self.optim = optim or OptimArgs(lr=1e-6, warmup_ratio=0.0)
+        self.lora = lora
         self.hparams.update({k: dataclasses.asdict(v) for k, v in dict(
             engine_args=self.engine_args, sampling=sampling, grpo=grpo, optim=self.optim).items()})
+        self.hparams["lora"] = dataclasses.asdict(lora) if lora else None
         self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
         self.sleep_engine, self.use_fsdp, self.seed, self.nan_at_step = sleep_engine, fsdp, seed, nan_at_step
         self.gradient_checkpointing = gradient_checkpointing
@@ -242,13 +247,15 @@ class RLModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from astro_pl.modules.models import load_causal_lm, load_tokenizer
+        from astro_pl.modules.models import add_lora, load_causal_lm, load_tokenizer
 
         self.tokenizer = load_tokenizer(self.model_path)
         self.model = load_causal_lm(self.model_path, self.dtype_name)
         if self.gradient_checkpointing:
             self.model.config.use_cache = False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:
+            self.model = add_lora(self.model, self.lora)
         reference = None
         if self.grpo.beta > 0:
             reference = load_causal_lm(self.model_path, self.dtype_name).requires_grad_(False).eval()
@@ -456,10 +463,12 @@ class RLModule(L.LightningModule):
         constant = g.constant_normalizer or float(self.sampling.max_tokens)
         generator = torch.Generator().manual_seed(self.seed * 7919 + step)
         stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_low", "clip_high", "kl", "entropy",
-                                                          "ratio_mean", "ratio_max", "is_weight_mean", "grad_norm")}
-        for _ in range(g.epochs):
+                                                          "ratio_mean", "ratio_max", "is_weight_mean", "grad_norm",
+                                                          "engine_logp_gap")}
+        for epoch in range(g.epochs):
             order = torch.randperm(exp.num_sequences, generator=generator)
-            for rows in order.chunk(g.mini_batches):
+            for index, rows in enumerate(order.chunk(g.mini_batches)):
+                before_update = epoch == 0 and index == 0  # the trainer still holds the sampling policy
                 num_tokens = _all_reduce(float(exp.response_mask[rows].sum()))
                 num_sequences = _all_reduce(float(len(rows)))
                 optimizer.zero_grad(set_to_none=True)
@@ -484,6 +493,9 @@ class RLModule(L.LightningModule):
                     self.manual_backward(loss)
                     total += loss.item() / world
                     m = mb.response_mask.bool()
+                    if before_update:  # engine vs trainer on the same tokens: the off-policy gap of the sampler
+                        gap = (logp.detach() - mb.engine_logp).abs()
+                        stats["engine_logp_gap"].append(masked_mean(gap, m).item())
                     stats["clip_low"].append(masked_mean(out.clipped_low.float(), m).item())
                     stats["clip_high"].append(masked_mean(out.clipped_high.float(), m).item())
                     stats["entropy"].append(masked_mean(ent, m).item())

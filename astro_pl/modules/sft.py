@@ -10,29 +10,14 @@ The model is exported in HF format by the `astro_pl.modules.export.HFExport` cal
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
 from astro_pl.modules.fsdp import shard_decoder
-from astro_pl.modules.models import load_causal_lm, load_tokenizer, resolve_dtype
+from astro_pl.modules.models import LoraArgs, add_lora, load_causal_lm, load_tokenizer, resolve_dtype
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
-
-
-@dataclass
-class LoraArgs:
-    """LoRA adapters (peft) instead of a full fine-tune."""
-
-    r: int = 16
-    """Rank of the adapter matrices."""
-    alpha: int = 32
-    """Scaling numerator: updates are scaled by alpha / r."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    """Names of the linear layers that get adapters (Llama: q/k/v/o_proj, gate/up/down_proj)."""
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,13 +89,7 @@ class SFTModule(L.LightningModule):
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            if self.gradient_checkpointing:
-                model.enable_input_require_grads()
-            config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
-                                target_modules=list(self.lora.target_modules), task_type="CAUSAL_LM")
-            model = get_peft_model(model, config)
+            model = add_lora(model, self.lora)
         if self.device_mesh is not None:
             param_dtype = None if self.compute_dtype == torch.float32 else self.compute_dtype
             shard_decoder(model, self.device_mesh["data_parallel"], param_dtype, self.reshard_after_forward)

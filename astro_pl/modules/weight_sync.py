@@ -2,8 +2,9 @@
 
 FSDP2 shards every parameter as a DTensor; `full_tensor()` all-gathers one parameter at a time (a collective:
 every rank walks the parameters in the same order), and the gathered tensors go to the engine in buckets of at
-most `bucket_bytes`, so peak extra memory is one bucket, not a full copy of the model. A PEFT LoRA model is
-merged for the duration of the walk and sends the merged base weights under their original names.
+most `bucket_bytes`, so peak extra memory is one bucket, not a full copy of the model. A PEFT LoRA model sends
+W + scale * B @ A under the base weight's original name, computed out of place: merging and unmerging in place
+would add float rounding to the frozen base weights at every sync.
 """
 
 from __future__ import annotations
@@ -25,22 +26,32 @@ def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "merge_adapter") and hasattr(model, "peft_config")
 
 
+def lora_delta(layer: nn.Module) -> torch.Tensor:
+    """scale * B @ A summed over the active adapters of a peft LoRA layer (gathered when sharded)."""
+    delta = None
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            d = (_full(layer.lora_B[adapter].weight) @ _full(layer.lora_A[adapter].weight)) * layer.scaling[adapter]
+            delta = d if delta is None else delta + d
+    return delta
+
+
 def hf_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, full tensor) of every policy weight; LoRA adapters merged in."""
+    """(Hugging Face name, full tensor) of every policy weight; LoRA adapters added to their base weights."""
     if not _is_peft(model):
         for name, param in model.named_parameters():
             yield name, _full(param)
         return
-    model.merge_adapter()
-    try:
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                continue
-            name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-            # a copy: the merged values must outlive the unmerge (the last bucket is sent after the walk ends)
-            yield name, _full(param).clone()
-    finally:
-        model.unmerge_adapter()
+    modules = dict(model.named_modules())
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        tensor = _full(param)
+        if name.endswith(".base_layer.weight"):
+            delta = lora_delta(modules[name.removesuffix(".base_layer.weight")])
+            if delta is not None:
+                tensor = tensor + delta.to(tensor.dtype)
+        yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
 
 
 def weight_buckets(named: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[list]:

@@ -39,6 +39,8 @@ def test_fit_rl_two_processes_fsdp_vllm(rl_policy_dir, tmp_path):
                 "val/accuracy"):
         assert key in summary, key
     assert summary["time/sync_s"] > 0  # the second step synced the updated policy
+    # ... and the engine sampled from it: its log-probs of the sampled tokens equal the trainer's
+    assert summary["train/engine_logp_gap"] < 0.01
     exported = load_file(tmp_path / "run" / "hf" / "model.safetensors")
     base = load_file(rl_policy_dir / "model.safetensors")
     assert exported.keys() == base.keys()

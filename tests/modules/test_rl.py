@@ -181,3 +181,23 @@ def test_activation_checkpointing_gives_the_same_update(tiny_model_dir, tmp_path
         weights.append({k: v.detach().clone() for k, v in module.model.named_parameters()})
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_trains_adapters_only_and_the_engine_gets_merged_weights(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from astro_pl.modules.models import LoraArgs
+
+    module, data, trainer, engine = make(tiny_model_dir, tmp_path, max_steps=2,
+                                         lora=LoraArgs(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainer.fit(module, datamodule=data)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert len(trainer.optimizers[0].state) == len(trainable)
+    # the second sync sent merged weights under Hugging Face names: q_proj moved, the untouched k_proj did not
+    assert engine.loaded.keys() == base.keys()
+    q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+    assert not torch.equal(engine.loaded[q], base[q]) and torch.equal(engine.loaded[k], base[k])
+    frozen = dict(module.model.named_parameters())[f"base_model.model.{q}".replace("q_proj.", "q_proj.base_layer.")]
+    assert torch.equal(frozen.detach(), base[q])  # merging for the sync left the base weights as they were
