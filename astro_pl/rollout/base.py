@@ -55,7 +55,8 @@ class Completion(NamedTuple):
     token_ids: list[int]
     """Sampled token ids, [T]."""
     logprobs: list[float]
-    """Engine log-prob of each sampled token, [T] (empty when not requested)."""
+    """Log-prob of each sampled token under the sampling distribution (logits / temperature), [T] (empty when not
+    requested)."""
     finish_reason: str
     """"stop" (EOS or stop string) or "length" (hit max_tokens)."""
 

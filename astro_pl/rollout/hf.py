@@ -2,9 +2,10 @@
 
 Follows `VLLMEngine`'s conventions so the two are interchangeable:
 - Text prompts are tokenized without special tokens (`render_prompt` already wrote the BOS).
-- Log-probs are "raw": log-softmax of the model's logits for the sampled token, before temperature and top-p
-  (vLLM's default `raw_logprobs`), i.e. what a trainer recomputes at temperature 1. They are recorded step by
-  step by a logits processor, so memory stays at one [B, V] row block instead of `output_logits`' [T, B, V].
+- Log-probs are those of the sampling distribution: log-softmax of logits / temperature for the sampled token
+  (temperature 1 when greedy), what an RL trainer recomputes; vLLM's `processed_logprobs` also renormalise over
+  top-p, so RL samples with top_p = 1. They are recorded step by step by a logits processor, so memory stays at
+  one [B, V] row block instead of `output_logits`' [T, B, V].
 - Token ids keep the token that completed a stop string (and the EOS); the text drops both.
 - Greedy (temperature 0) output matches vLLM token for token in float32.
 
@@ -24,20 +25,22 @@ from astro_pl.modules.models import load_causal_lm, load_tokenizer
 from astro_pl.rollout.base import Completion, EngineArgs, SamplingArgs, completion_text, encode_prompts, first_stop
 
 
-class RawLogprobRecorder(LogitsProcessor):
-    """Keeps the log-softmax of the unprocessed logits and, one step later, picks the sampled token's entry.
+class LogprobRecorder(LogitsProcessor):
+    """Keeps the log-softmax of logits / temperature and, one step later, picks the sampled token's entry.
 
-    Custom processors run before transformers' temperature/top-p warpers, so the scores seen here are raw.
+    Custom processors run before transformers' temperature/top-p warpers, so the scores seen here are raw and the
+    temperature is applied here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
         self.last: torch.Tensor | None = None  # [B, V]
         self.picked: list[torch.Tensor] = []  # T x [B]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.last is not None:
             self.picked.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self.last = torch.log_softmax(scores.float(), dim=-1)
+        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         return scores
 
     def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
@@ -127,7 +130,7 @@ class HFEngine:
         width = max(len(r) for r in rows)
         input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)  # [B, L]
         attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        recorder = RawLogprobRecorder()
+        recorder = LogprobRecorder(params.temperature or 1.0)
         stopping = [StopOnStrings(self.tokenizer, params.stop, width)] if params.stop else []
         # Neutral values set explicitly, or the model's generation_config defaults (top_k, penalties) fill them in.
         sampling = {} if params.temperature == 0 else dict(temperature=params.temperature, top_p=params.top_p, top_k=0)

@@ -6,8 +6,9 @@ between processes, as TRL's colocate mode does.
 
 Conventions shared with `HFEngine`:
 - Text prompts are tokenized without special tokens (`render_prompt` already wrote the BOS).
-- Log-probs are vLLM's default "raw" ones: log-softmax of the model's logits for the sampled token, before
-  temperature and top-p, i.e. what a trainer recomputes at temperature 1.
+- Log-probs are those of the distribution sampled from (`logprobs_mode="processed_logprobs"`: after temperature,
+  and renormalised over top-p), i.e. what an RL trainer recomputes from logits / temperature when top_p = 1.
+  vLLM's default "raw" log-probs ignore the temperature, which biases importance weights at temperature != 1.
 - Token ids keep the token that completed a stop string (and the EOS), as vLLM returns them; the text drops both
   and is decoded from the ids (`completion_text`), not vLLM's incremental text.
 - Each (prompt i, sample j) is its own request with seed `(seed + i) * SEED_STRIDE + j`, so samples never share a
@@ -55,6 +56,7 @@ def engine_kwargs(args: EngineArgs, cuda: bool) -> dict:
         seed=args.seed,
         enforce_eager=args.enforce_eager,
         enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs",  # of the distribution sampled from (temperature, top-p), as RL needs
     )
     if cuda:
         kwargs.update(

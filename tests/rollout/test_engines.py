@@ -33,12 +33,12 @@ def ids_of(results) -> list[list[list[int]]]:
     return [[c.token_ids for c in group] for group in results]
 
 
-def hf_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
-    """Log-softmax at temperature 1 of each completion token, recomputed by one forward pass, [T]."""
+def hf_logprobs(model, prompt_ids: list[int], completion_ids: list[int], temperature: float = 1.0) -> torch.Tensor:
+    """Log-softmax of logits / temperature of each completion token, recomputed by one forward pass, [T]."""
     ids = torch.tensor([prompt_ids + completion_ids])
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()  # [T, V]
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None]).squeeze(-1)
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(completion_ids)[:, None]).squeeze(-1)
 
 
 def test_engines_follow_the_protocol(vllm_engine, hf_engine):
@@ -72,17 +72,19 @@ def test_n_samples_per_prompt_shapes_and_decoding(engine, prompts):
             assert tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
 
 
-def test_logprobs_are_raw_and_match_hf_forward(engine, prompts, hf_engine):
-    """Sampled with temperature/top-p, yet the log-probs are the temperature-1 log-softmax (documented choice)."""
-    params = SamplingArgs(n=2, temperature=0.7, top_p=0.9, max_tokens=16, seed=3)
+def test_logprobs_are_of_the_sampling_distribution_and_match_hf_forward(engine, prompts, hf_engine):
+    """At temperature 0.7 the log-probs are log-softmax(logits / 0.7): what the RL trainer recomputes."""
+    params = SamplingArgs(n=2, temperature=0.7, top_p=1.0, max_tokens=16, seed=3)
     results = engine.generate(prompts, params)
     tokenizer = hf_engine.tokenizer
     for prompt, group in zip(prompts, results, strict=True):
         prompt_ids = prompt if isinstance(prompt, list) else tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for c in group:
             assert all(math.isfinite(x) and x <= 0 for x in c.logprobs)
-            expected = hf_logprobs(hf_engine.model, prompt_ids, c.token_ids)
+            expected = hf_logprobs(hf_engine.model, prompt_ids, c.token_ids, temperature=0.7)
             torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=2e-3, rtol=0)
+            raw = hf_logprobs(hf_engine.model, prompt_ids, c.token_ids)
+            assert not torch.allclose(torch.tensor(c.logprobs), raw, atol=2e-3, rtol=0)
 
 
 def test_no_logprobs_when_not_asked(engine, prompts):
