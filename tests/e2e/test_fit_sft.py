@@ -19,8 +19,9 @@ from tests.datamodules.test_traces import write_traces
 STEPS = 8
 
 
-def config_yaml(root: Path, model: Path, data: Path, *, steps: int = STEPS, **kwargs) -> str:
-    return sft_config(root, model, data, steps=steps, lr=3e-3, lr_schedule="warmup_ratio: 0.25", export=True, **kwargs)
+def config_yaml(root: Path, model: Path, data: Path, *, steps: int = STEPS,
+                lr_schedule: str = "warmup_ratio: 0.25", **kwargs) -> str:
+    return sft_config(root, model, data, steps=steps, lr=3e-3, lr_schedule=lr_schedule, export=True, **kwargs)
 
 
 def astro(*args: str) -> subprocess.CompletedProcess:
