@@ -233,7 +233,6 @@ class RLModule(L.LightningModule):
         self._synced_version: int | None = None
         self._engine_attached = False
         self.last_rollout: GroupBuffer | None = None
-        self.engine_prompts = 0  # prompts this rank's engine generated for in the last step (its group's)
         self.val_pass1, self.val_length, self.val_backtracks = PassAtK(k=1), MeanResponseLength(), MeanBacktracks()
 
     # ---- setup ------------------------------------------------------------------------------------------------
@@ -371,7 +370,7 @@ class RLModule(L.LightningModule):
     def _collect(self, dataloader_iter, step: int) -> tuple[GroupBuffer, float, float, int]:
         from astro_pl.rewards.math import math_reward
 
-        buffer, gen_s, reward_s, tokens, submitted = GroupBuffer(), 0.0, 0.0, 0, 0
+        buffer, gen_s, reward_s, tokens = GroupBuffer(), 0.0, 0.0, 0
         batch_size = self.trainer.datamodule.batch_size
         engine_index = self.global_rank // self.engine_group_size
         for draw in range(self.grpo.max_extra_draws + 1 if self.grpo.dynamic_sampling else 1):
@@ -382,7 +381,6 @@ class RLModule(L.LightningModule):
             start = time.perf_counter()
             outputs = generate_shared(self.engine, prompt_ids, dataclasses.replace(self.sampling, seed=seed),
                                       self._engine_group)
-            submitted += len(prompt_ids) * self.engine_group_size  # every rank draws the same number
             gen_s += time.perf_counter() - start
             start = time.perf_counter()
             groups = []
@@ -399,7 +397,6 @@ class RLModule(L.LightningModule):
                 buffer.add(groups, [True] * len(groups))
             if _all_reduce(len(buffer), "min") >= batch_size:
                 break
-        self.engine_prompts = submitted
         return buffer, gen_s, reward_s, tokens
 
     def _rollout_metrics(self, buffer: GroupBuffer, groups: list[Group], tokens: int, gen_s: float,
@@ -420,7 +417,8 @@ class RLModule(L.LightningModule):
             "rollout/truncated_frac": sum(c.finish_reason == "length" for c in completions) / max(len(completions), 1),
             "rollout/backtracks": sum(count_backtracks(c.text) for c in completions) / max(len(completions), 1),
             "rollout/tokens_per_s": tokens / max(gen_s, 1e-9),
-            "rollout/engine_prompts": float(self.engine_prompts),
+            # prompts this rank's engine generated for: its group's (every rank draws the same number)
+            "rollout/engine_prompts": float(buffer.drawn * self.engine_group_size),
             "time/sync_s": sync_s,
             "time/generate_s": gen_s,
             "time/reward_s": reward_s,
