@@ -1,17 +1,20 @@
 """One RL step, side by side: our RLModule with VLLMEngine, with HFEngine, and TRL's GRPOTrainer.
 
 Same tiny Llama (random weights, ~1M and ~25M parameters), same prompts (synthetic arithmetic), same group size,
-batch and completion length, same loss family (GRPO, no KL, one optimiser step per rollout batch). Each model size
-runs in its own process (a fresh vLLM engine each); the first step of every run is warm-up (compilation, caches)
-and the median of the following steps is reported. Engine start and model loading are outside the step on every
-side. Prints ONE JSON line:
+batch and completion length, same loss family (GRPO, no KL, one optimiser step per rollout batch), same precision
+on every side: "fp32", or "bf16" (bf16 autocast over fp32 weights in training on both sides, i.e. Lightning's
+bf16-mixed and TRL's bf16=True; our engines hold bf16 weights, TRL generates with its training model under
+autocast). Each (size, precision) runs in its own process (a fresh vLLM engine each); the first step of every run
+is warm-up (compilation, caches) and the median of the following steps is reported. Engine start and model loading
+are outside the step on every side. Prints ONE JSON line:
 
-    {"bench": "rl", "sizes": {"1M": {...}, "25M": {...}}, "goals": {...}}
+    {"bench": "rl", "results": {"25M/fp32": {...}, "25M/bf16": {...}, ...}, "goals": {...}}
 
-with, per size, each side's median step seconds, our split (sync / generate / reward / train), the speedups over
-TRL and sync's share of our step. Goals (issue 5): ours >= 1.5x faster than TRL on 25M; sync < 5% of the step.
+with, per run, each side's median step seconds and mean response length (sampling differs, so the work done is
+shown), our split (sync / generate / reward / train), the speedups over TRL and sync's share of our step.
+Goals (issue 5): ours >= 1.5x faster than TRL on 25M; sync < 5% of the step.
 
-    .venv/bin/python bench/rl.py [--steps 3] [--sizes 1M 25M]
+    .venv/bin/python bench/rl.py [--steps 6] [--sizes 1M 25M] [--precisions fp32 bf16]
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ SIZES = {
     "25M": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=1376),
 }
 PROMPTS, GROUP, MAX_TOKENS, LR = 8, 4, 128, 1e-5  # 32 sequences x 128 tokens per step
+PRECISIONS = {  # name: (Lightning precision, engine dtype, TRL bf16)
+    "fp32": ("32-true", "float32", False),
+    "bf16": ("bf16-mixed", "bfloat16", True),
+}
 
 
 def build_model(root: Path, size: str) -> Path:
@@ -47,7 +54,7 @@ def build_model(root: Path, size: str) -> Path:
     return build_tiny_llama(root / "tokenizer", root / size, seed=0, **SIZES[size])
 
 
-def run_ours(model_dir: Path, kind: str, steps: int, root: Path) -> dict:
+def run_ours(model_dir: Path, kind: str, steps: int, root: Path, precision: str) -> dict:
     import lightning as L
 
     from astro_pl.datamodules.prompts import PromptDataModule
@@ -59,11 +66,13 @@ def run_ours(model_dir: Path, kind: str, steps: int, root: Path) -> dict:
 
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, *args) -> None:
-            records.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")})
+            records.append({k: float(v) for k, v in trainer.callback_metrics.items()
+                            if k.startswith("time/") or k == "rollout/response_len"})
 
+    trainer_precision, engine_dtype, _ = PRECISIONS[precision]
     module = RLModule(
         str(model_dir), engine=kind,
-        engine_args=EngineArgs(model=str(model_dir), max_model_len=512, enforce_eager=False, dtype="float32"),
+        engine_args=EngineArgs(model=str(model_dir), max_model_len=512, enforce_eager=False, dtype=engine_dtype),
         sampling=SamplingArgs(max_tokens=MAX_TOKENS, temperature=1.0),
         grpo=GRPOArgs(group_size=GROUP, micro_batch_size=PROMPTS * GROUP, aggregation="seq_mean"),
         optim=OptimArgs(lr=LR, warmup_ratio=0.0, min_lr_ratio=1.0), dtype="float32",
@@ -71,15 +80,16 @@ def run_ours(model_dir: Path, kind: str, steps: int, root: Path) -> dict:
     data = PromptDataModule(str(model_dir), batch_size=PROMPTS, num_synthetic=256)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(root), callbacks=[Record()])
+                        default_root_dir=str(root), callbacks=[Record()], precision=trainer_precision)
     trainer.fit(module, datamodule=data)
     measured = records[1:] or records
     split = {k.removeprefix("time/").removesuffix("_s"): statistics.median(r[k] for r in measured)
              for k in ("time/sync_s", "time/generate_s", "time/reward_s", "time/train_s", "time/step_s")}
-    return {"step_s": split.pop("step"), **split}
+    response_len = statistics.mean(r["rollout/response_len"] for r in measured)
+    return {"step_s": split.pop("step"), "response_len": response_len, **split}
 
 
-def run_trl(model_dir: Path, steps: int, root: Path) -> dict:
+def run_trl(model_dir: Path, steps: int, root: Path, precision: str) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -96,6 +106,7 @@ def run_trl(model_dir: Path, steps: int, root: Path) -> dict:
         return [math_reward(c, a) for c, a in zip(completions, answer, strict=True)]
 
     times: list[float] = []
+    lengths: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *args, **kwargs):
@@ -104,20 +115,24 @@ def run_trl(model_dir: Path, steps: int, root: Path) -> dict:
         def on_step_end(self, *args, **kwargs):
             times.append(time.perf_counter() - self.start)
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
     config = GRPOConfig(
         output_dir=str(root / "trl"), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
         max_completion_length=MAX_TOKENS, max_steps=steps, learning_rate=LR, lr_scheduler_type="constant",
         loss_type="grpo", beta=0.0, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
-        temperature=1.0, seed=0, bf16=False, disable_tqdm=True,
+        temperature=1.0, seed=0, bf16=PRECISIONS[precision][2], disable_tqdm=True,
     )
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
-    return {"step_s": statistics.median(times[1:] or times)}
+    return {"step_s": statistics.median(times[1:] or times), "response_len": statistics.mean(lengths[1:] or lengths)}
 
 
-def worker(size: str, steps: int) -> dict:
+def worker(size: str, precision: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir = build_model(root, size)
@@ -125,9 +140,9 @@ def worker(size: str, steps: int) -> dict:
 
         params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
                      .parameters())
-        trl = run_trl(model_dir, steps, root)
-        hf = run_ours(model_dir, "hf", steps, root / "hf")
-        vllm = run_ours(model_dir, "vllm", steps, root / "vllm")
+        trl = run_trl(model_dir, steps, root, precision)
+        hf = run_ours(model_dir, "hf", steps, root / "hf", precision)
+        vllm = run_ours(model_dir, "vllm", steps, root / "vllm", precision)
     return {
         "params": params, "trl": trl, "ours_hf": hf, "ours_vllm": vllm,
         "speedup_vllm_vs_trl": trl["step_s"] / vllm["step_s"],
@@ -139,29 +154,30 @@ def worker(size: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="steps per side; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=6, help="steps per side; the first is warm-up")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--worker", choices=list(SIZES), help=argparse.SUPPRESS)
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    parser.add_argument("--worker", nargs=2, metavar=("SIZE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, args.steps)), flush=True)
+        print("RESULT " + json.dumps(worker(*args.worker, args.steps)), flush=True)
         return
-    sizes = {}
+    results = {}
     for size in args.sizes:
-        out = subprocess.run([sys.executable, __file__, "--worker", size, "--steps", str(args.steps)],
-                             capture_output=True, text=True)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if out.returncode != 0 or line is None:
-            sys.stderr.write(out.stdout[-3000:] + out.stderr[-6000:])
-            raise SystemExit(f"bench/rl.py: worker for {size} failed (exit {out.returncode})")
-        sizes[size] = json.loads(line.removeprefix("RESULT "))
-    big = sizes.get("25M")
-    goals = {}
-    if big:
-        goals = {"vllm_speedup_25M_ge_1.5": big["speedup_vllm_vs_trl"] >= 1.5,
-                 "sync_frac_lt_0.05": all(s["sync_frac_vllm"] < 0.05 for s in sizes.values())}
+        for precision in args.precisions:
+            out = subprocess.run([sys.executable, __file__, "--worker", size, precision, "--steps", str(args.steps)],
+                                 capture_output=True, text=True)
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if out.returncode != 0 or line is None:
+                sys.stderr.write(out.stdout[-3000:] + out.stderr[-6000:])
+                raise SystemExit(f"bench/rl.py: worker for {size}/{precision} failed (exit {out.returncode})")
+            results[f"{size}/{precision}"] = json.loads(line.removeprefix("RESULT "))
+            print(f"{size}/{precision}: {results[f'{size}/{precision}']}", file=sys.stderr, flush=True)
+    goals = {f"vllm_speedup_{key}_ge_1.5": r["speedup_vllm_vs_trl"] >= 1.5
+             for key, r in results.items() if key.startswith("25M/")}
+    goals["sync_frac_lt_0.05"] = all(r["sync_frac_vllm"] < 0.05 for r in results.values())
     print(json.dumps({"bench": "rl", "prompts": PROMPTS, "group": GROUP, "max_tokens": MAX_TOKENS,
-                      "sizes": sizes, "goals": goals}))
+                      "results": results, "goals": goals}))
 
 
 if __name__ == "__main__":

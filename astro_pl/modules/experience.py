@@ -8,7 +8,7 @@ log-prob of token t+1 given tokens <= t, so `logits[:, :-1]` lines up with `inpu
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -85,10 +85,54 @@ class Experience(NamedTuple):
 
         return picked._replace(**{k: trim(k, t) for k, t in picked._asdict().items()})
 
-    def micro_batches(self, rows: torch.Tensor, size: int) -> Iterator[Experience]:
-        """`rows` in chunks of `size` sequences."""
-        for start in range(0, len(rows), size):
-            yield self.select(rows[start:start + size])
+
+def first_response_column(response_mask: torch.Tensor) -> int:
+    """First shifted position that any row counts: columns before it need no logits. 0 when none counts."""
+    counted = response_mask.any(0).nonzero()
+    return int(counted[0]) if counted.numel() else 0
+
+
+def plan_micro_batches(lengths: torch.Tensor, max_sequences: int, max_tokens: int | None = None,
+                       count: int | None = None) -> list[torch.Tensor]:
+    """Splits sequences into micro-batches, longest first, so that little of the compute goes to padding.
+
+    A micro-batch is padded to its longest sequence; sorting by length puts sequences of similar length together.
+    The sum of the micro-batches' losses (with normalisers taken over the whole mini-batch) is the same whatever
+    the split, so this changes speed and memory, not the update.
+
+    Args:
+        lengths: [N] sequence lengths.
+        max_sequences: Most sequences per micro-batch.
+        max_tokens: Most padded tokens (sequences x longest) per micro-batch, as veRL's dynamic batch size; a
+            single longer sequence still gets a micro-batch of its own. None: no token limit.
+        count: Exactly this many micro-batches (at least the number needed, at most N): the ones with the most
+            padded tokens are halved until there are enough. Ranks of one FSDP group must run the same number
+            of forward/backward passes.
+
+    Returns:
+        Indices into `lengths`, one tensor per micro-batch.
+    """
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        # the first index of a batch is its longest sequence
+        fits = current is not None and len(current) < max_sequences and (
+            max_tokens is None or (len(current) + 1) * int(lengths[current[0]]) <= max_tokens)
+        if fits:
+            current.append(i)
+        else:
+            batches.append([i])
+    if count is not None:
+        if not len(batches) <= count <= len(order):
+            raise ValueError(f"cannot split {len(order)} sequences into {count} micro-batches "
+                             f"(at least {len(batches)} needed)")
+        while len(batches) < count:
+            splittable = [j for j, b in enumerate(batches) if len(b) > 1]
+            j = max(splittable, key=lambda j: len(batches[j]) * int(lengths[batches[j][0]]))
+            half = (len(batches[j]) + 1) // 2
+            batches[j: j + 1] = [batches[j][:half], batches[j][half:]]
+    return [torch.tensor(b, dtype=torch.long) for b in batches]
 
 
 def pack_experience(groups: Sequence[Group], advantages: torch.Tensor, pad_id: int,

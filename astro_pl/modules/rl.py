@@ -33,10 +33,18 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
 from astro_pl.modules.advantages import SCALES, dynamic_sampling_mask, group_advantages
-from astro_pl.modules.experience import Experience, Group, GroupBuffer, pack_experience
+from astro_pl.modules.experience import (
+    Experience,
+    Group,
+    GroupBuffer,
+    first_response_column,
+    pack_experience,
+    plan_micro_batches,
+)
 from astro_pl.modules.losses import (
     AGGREGATIONS,
     aggregate_loss,
@@ -87,7 +95,10 @@ class GRPOArgs:
     mini_batches: int = 1
     """Optimiser steps per pass (the batch is split into this many shuffled mini-batches)."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward."""
+    """Most sequences per forward/backward (sequences are sorted by length first, so each pads little)."""
+    micro_batch_tokens: int | None = None
+    """Most padded tokens per forward/backward (veRL's dynamic batch size): short responses share a pass, long
+    ones get fewer companions. None: only micro_batch_size limits."""
     correct_reward: float = 1.0
     """Reward of a correct final answer."""
     incorrect_reward: float = -1.0
@@ -110,6 +121,8 @@ class GRPOArgs:
             (self.epochs >= 1, "--model.grpo.epochs must be >= 1"),
             (self.mini_batches >= 1, "--model.grpo.mini_batches must be >= 1"),
             (self.micro_batch_size >= 1, "--model.grpo.micro_batch_size must be >= 1"),
+            (self.micro_batch_tokens is None or self.micro_batch_tokens >= 1,
+             "--model.grpo.micro_batch_tokens must be >= 1 (or null)"),
             (self.correct_reward > self.incorrect_reward,
              "--model.grpo.correct_reward must be greater than --model.grpo.incorrect_reward"),
         ]
@@ -427,21 +440,37 @@ class RLModule(L.LightningModule):
     # ---- the update ---------------------------------------------------------------------------------------------
 
     def _forward_logp(self, model: torch.nn.Module, mb: Experience, entropy: bool = False):
-        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]  # [n, L-1, V]
+        """[n, L-1] log-probs of each next token (0 before the first response token) and, if asked, entropies.
+
+        Logits are computed from the first response position on (`logits_to_keep`): prompt positions are never
+        scored, and for large vocabularies the [n, L, V] logits are much of the memory of a step.
+        """
+        start = first_response_column(mb.response_mask)
+        keep = mb.input_ids.shape[1] - start
+        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                       logits_to_keep=keep).logits[:, :-1]  # [n, L-1-start, V]
         if self.sampling.temperature > 0 and self.sampling.temperature != 1.0:
             logits = logits / self.sampling.temperature
-        logp = token_logprobs(logits, mb.input_ids[:, 1:])  # [n, L-1]
-        return (logp, token_entropy(logits.detach())) if entropy else (logp, None)
+        logp = F.pad(token_logprobs(logits, mb.input_ids[:, start + 1:]), (start, 0))
+        return (logp, F.pad(token_entropy(logits.detach()), (start, 0))) if entropy else (logp, None)
 
     @torch.no_grad()
     def _score(self, model: torch.nn.Module, exp: Experience) -> torch.Tensor:
         out = torch.zeros_like(exp.engine_logp)
-        rows = torch.arange(exp.num_sequences)
-        for start in range(0, exp.num_sequences, self.grpo.micro_batch_size):
-            mb = exp.select(rows[start:start + self.grpo.micro_batch_size])
-            logp, _ = self._forward_logp(model, mb)
-            out[start:start + mb.num_sequences, : logp.shape[1]] = logp
+        for mb_rows in self._plan(exp, torch.arange(exp.num_sequences)):
+            logp, _ = self._forward_logp(model, exp.select(mb_rows))
+            out[mb_rows, : logp.shape[1]] = logp
         return out
+
+    def _plan(self, exp: Experience, rows: torch.Tensor) -> list[torch.Tensor]:
+        """`rows` split into length-sorted micro-batches, as many on every rank (FSDP runs them in lockstep)."""
+        g = self.grpo
+        lengths = exp.attention_mask[rows].sum(1)
+        plan = plan_micro_batches(lengths, g.micro_batch_size, g.micro_batch_tokens)
+        count = int(_all_reduce(len(plan), "max"))
+        if count != len(plan):
+            plan = plan_micro_batches(lengths, g.micro_batch_size, g.micro_batch_tokens, count)
+        return [rows[p] for p in plan]
 
     def _update(self, groups: list[Group], step: int) -> dict[str, float]:
         g = self.grpo
@@ -471,7 +500,8 @@ class RLModule(L.LightningModule):
                 num_sequences = _all_reduce(float(len(rows)))
                 optimizer.zero_grad(set_to_none=True)
                 total = 0.0
-                for mb in exp.micro_batches(rows, g.micro_batch_size):
+                for mb_rows in self._plan(exp, rows):
+                    mb = exp.select(mb_rows)
                     logp, ent = self._forward_logp(self.model, mb, entropy=True)
                     old = mb.old_logp if mb.old_logp is not None else logp.detach()
                     weights = truncated_is_weights(old, mb.engine_logp, g.tis_cap) if g.tis_cap else None

@@ -67,7 +67,8 @@ class ScriptedEngine:
 
 def make(tiny_model_dir, tmp_path, engine=None, max_steps=2, data_seed=0, **kwargs):
     grpo = GRPOArgs(**{"group_size": 4, "micro_batch_size": 4, **kwargs.pop("grpo", {})})
-    module = RLModule(str(tiny_model_dir), engine="hf", grpo=grpo, sampling=SamplingArgs(max_tokens=16),
+    sampling = kwargs.pop("sampling", SamplingArgs(max_tokens=16))
+    module = RLModule(str(tiny_model_dir), engine="hf", grpo=grpo, sampling=sampling,
                       **{"optim": None, **kwargs})
     module.optim = type(module.optim)(lr=1e-3, warmup_ratio=0.0)
     tokenizer = load_tokenizer(str(tiny_model_dir))
@@ -201,3 +202,62 @@ def test_lora_trains_adapters_only_and_the_engine_gets_merged_weights(tiny_model
     assert not torch.equal(engine.loaded[q], base[q]) and torch.equal(engine.loaded[k], base[k])
     frozen = dict(module.model.named_parameters())[f"base_model.model.{q}".replace("q_proj.", "q_proj.base_layer.")]
     assert torch.equal(frozen.detach(), base[q])  # merging for the sync left the base weights as they were
+
+
+def test_token_capped_micro_batches_give_the_same_gradient(tiny_model_dir, tmp_path):
+    class RecordGradients(L.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            self.grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+
+    grads, passes = [], []
+    for tokens in (None, 60):
+        module, data, trainer, _ = make(tiny_model_dir, tmp_path / str(tokens), max_steps=1,
+                                        grpo={"micro_batch_size": 8, "micro_batch_tokens": tokens})
+        record = RecordGradients()
+        trainer.callbacks.append(record)
+        module.configure_model()
+        calls = []
+        module.model.register_forward_hook(lambda *_: calls.append(1))
+        trainer.fit(module, datamodule=data)
+        passes.append(len(calls))
+        grads.append(record.grads)
+    assert passes[0] == 1 and passes[1] > 2  # 8 sequences of ~40 tokens: one pass, or several under 60 tokens
+    for name, value in grads[0].items():
+        torch.testing.assert_close(grads[1][name], value, rtol=1e-4, atol=1e-7)
+
+
+def test_forward_logp_scores_responses_from_logits_of_response_positions_only(tiny_model_dir, tmp_path):
+    from astro_pl.modules.experience import Group, pack_experience
+    from astro_pl.modules.losses import token_logprobs
+
+    module, *_ = make(tiny_model_dir, tmp_path, sampling=SamplingArgs(max_tokens=16, temperature=0.7))
+    module.configure_model()
+    groups = [Group([1, 5, 6, 7, 8], [Completion("", [9, 10], [], "stop"), Completion("", [11], [], "stop")],
+                    [1.0, -1.0], "x"),
+              Group([1, 5, 6], [Completion("", [12, 13, 14, 15], [], "stop"), Completion("", [9], [], "stop")],
+                    [1.0, -1.0], "y")]
+    exp = pack_experience(groups, torch.zeros(4), pad_id=0)
+    with torch.no_grad():
+        logp, entropy = module._forward_logp(module.model, exp, entropy=True)
+        full = module.model(input_ids=exp.input_ids, attention_mask=exp.attention_mask).logits[:, :-1] / 0.7
+    expected = token_logprobs(full, exp.input_ids[:, 1:])
+    counted = exp.response_mask.bool()
+    assert logp.shape == expected.shape and counted.sum() == 8
+    torch.testing.assert_close(logp[counted], expected[counted])
+    assert (logp[:, :2] == 0).all() and (entropy[:, :2] == 0).all()  # before the first response: no logits
+
+
+def test_bf16_mixed_precision_trains_fp32_weights_on_cpu(tiny_model_dir, tmp_path):
+    module, data, trainer, _ = make(tiny_model_dir, tmp_path, max_steps=1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, default_root_dir=str(tmp_path), logger=False,
+                        enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False,
+                        precision="bf16-mixed")
+    module.configure_model()
+    before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+    dtypes = []
+    module.model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.logits.dtype))
+    trainer.fit(module, datamodule=data)
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the update's forward ran under autocast
+    assert all(p.dtype == torch.float32 for p in module.model.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in module.model.named_parameters())
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
