@@ -217,7 +217,7 @@ def test_token_capped_micro_batches_give_the_same_gradient(tiny_model_dir, tmp_p
         trainer.callbacks.append(record)
         module.configure_model()
         calls = []
-        module.model.register_forward_hook(lambda *_: calls.append(1))
+        module.model.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         trainer.fit(module, datamodule=data)
         passes.append(len(calls))
         grads.append(record.grads)
