@@ -1,7 +1,8 @@
 """Policy-gradient loss pieces for GRPO, DAPO and Dr. GRPO: pure functions on [N, T] token tensors.
 
-N is the number of sequences in a micro-batch, T the padded response length, V the vocabulary. `mask` is 1 on
-response tokens that count and 0 on padding (and on whole responses that are masked, e.g. truncated ones).
+N is the number of sequences in a micro-batch, T the padded response length. `mask` is 1 on response tokens
+that count and 0 on padding (and on whole responses that are masked, e.g. truncated ones). The log-probs come
+from `astro_pl.modules.logprobs`.
 
 The loss of one token is the PPO clipped surrogate (Schulman et al. 2017, eq. 7) with DAPO's decoupled clip
 range (`eps_low`, `eps_high`, "clip-higher"), optionally weighted by a truncated importance-sampling ratio between
@@ -31,27 +32,6 @@ class ClippedLoss(NamedTuple):
     """[N, T] bool: the lower clip bound was active (ratio < 1 - eps_low with a negative advantage)."""
     clipped_high: torch.Tensor
     """[N, T] bool: the upper clip bound was active (ratio > 1 + eps_high with a positive advantage)."""
-
-
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each label under the logits at the same position (no shift: align before calling).
-
-    Args:
-        logits: [N, T, V].
-        labels: [N, T] token ids.
-
-    Returns:
-        [N, T] float32 log-probs.
-    """
-    logits = logits.float()
-    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)  # [N, T]
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position, [N, T, V] -> [N, T] (for logging)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 def clipped_ratio_loss(

@@ -45,14 +45,13 @@ from astro_pl.modules.experience import (
     pack_experience,
     plan_micro_batches,
 )
+from astro_pl.modules.logprobs import token_logprobs_and_entropy
 from astro_pl.modules.losses import (
     AGGREGATIONS,
     aggregate_loss,
     clipped_ratio_loss,
     kl_k3,
     masked_mean,
-    token_entropy,
-    token_logprobs,
     truncated_is_weights,
 )
 from astro_pl.modules.models import LoraArgs
@@ -443,16 +442,16 @@ class RLModule(L.LightningModule):
         """[n, L-1] log-probs of each next token (0 before the first response token) and, if asked, entropies.
 
         Logits are computed from the first response position on (`logits_to_keep`): prompt positions are never
-        scored, and for large vocabularies the [n, L, V] logits are much of the memory of a step.
+        scored, and for large vocabularies the [n, L, V] logits are much of the memory of a step (hence also the
+        chunked log-softmax of `token_logprobs_and_entropy`).
         """
         start = first_response_column(mb.response_mask)
         keep = mb.input_ids.shape[1] - start
         logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                        logits_to_keep=keep).logits[:, :-1]  # [n, L-1-start, V]
-        if self.sampling.temperature > 0 and self.sampling.temperature != 1.0:
-            logits = logits / self.sampling.temperature
-        logp = F.pad(token_logprobs(logits, mb.input_ids[:, start + 1:]), (start, 0))
-        return (logp, F.pad(token_entropy(logits.detach()), (start, 0))) if entropy else (logp, None)
+        temperature = self.sampling.temperature if self.sampling.temperature > 0 else 1.0
+        logp, ent = token_logprobs_and_entropy(logits, mb.input_ids[:, start + 1:], temperature)
+        return F.pad(logp, (start, 0)), (F.pad(ent, (start, 0)) if entropy else None)
 
     @torch.no_grad()
     def _score(self, model: torch.nn.Module, exp: Experience) -> torch.Tensor:

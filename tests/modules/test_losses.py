@@ -10,21 +10,8 @@ from astro_pl.modules.losses import (
     clipped_ratio_loss,
     kl_k3,
     masked_mean,
-    token_entropy,
-    token_logprobs,
     truncated_is_weights,
 )
-
-
-def test_token_logprobs_picks_label_log_softmax():
-    # logits [0, log 3] -> probs [1/4, 3/4]
-    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]])  # [1, 2, 2]
-    labels = torch.tensor([[1, 0]])
-    torch.testing.assert_close(token_logprobs(logits, labels), torch.tensor([[math.log(0.75), math.log(0.5)]]))
-
-
-def test_token_entropy_of_uniform_is_log_v():
-    torch.testing.assert_close(token_entropy(torch.zeros(1, 1, 4)), torch.tensor([[math.log(4.0)]]))
 
 
 def test_clipped_ratio_loss_four_cases():
