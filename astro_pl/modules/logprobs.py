@@ -13,9 +13,13 @@ from collections.abc import Iterator
 
 import torch
 
+CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+"""Logits per chunk by device: 4 MB of fp32 stays in a CPU's cache (fastest there); on a GPU 256 MB keeps the
+number of kernel launches small (a 128K vocabulary gives 512 positions per chunk)."""
+
 
 def token_logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
-                               chunk_elements: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+                               chunk_elements: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each label under softmax(logits / temperature), and that distribution's entropy.
 
     Args:
@@ -23,7 +27,7 @@ def token_logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, tempe
         labels: [N, T] token ids, aligned with the logits (shift before calling).
         temperature: Divides the logits (the sampling temperature, so that log-probs match the sampler's).
         chunk_elements: Logits handled at once (whole positions, at least one): the fp32 working memory is a few
-            times this x 4 bytes; 1M elements (4 MB) stays in cache, which is also the fastest on CPU.
+            times this x 4 bytes. None: `CHUNK_ELEMENTS` of the logits' device.
 
     Returns:
         [N, T] float32 log-probs (differentiable with respect to `logits`) and [N, T] float32 entropies (for
@@ -31,6 +35,7 @@ def token_logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, tempe
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cpu"])
     chunk_positions = max(1, chunk_elements // logits.shape[-1])
     return _ChunkedLogProbs.apply(logits, labels, float(temperature), chunk_positions)
 
