@@ -438,8 +438,8 @@ class RLModule(L.LightningModule):
 
     # ---- the update ---------------------------------------------------------------------------------------------
 
-    def _forward_logp(self, model: torch.nn.Module, mb: Experience, entropy: bool = False):
-        """[n, L-1] log-probs of each next token (0 before the first response token) and, if asked, entropies.
+    def _forward_logp(self, model: torch.nn.Module, mb: Experience) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, L-1] log-probs of each next token and entropies of its distribution (0 before the first response token).
 
         Logits are computed from the first response position on (`logits_to_keep`): prompt positions are never
         scored, and for large vocabularies the [n, L, V] logits are much of the memory of a step (hence also the
@@ -451,7 +451,7 @@ class RLModule(L.LightningModule):
                        logits_to_keep=keep).logits[:, :-1]  # [n, L-1-start, V]
         temperature = self.sampling.temperature if self.sampling.temperature > 0 else 1.0
         logp, ent = token_logprobs_and_entropy(logits, mb.input_ids[:, start + 1:], temperature)
-        return F.pad(logp, (start, 0)), (F.pad(ent, (start, 0)) if entropy else None)
+        return F.pad(logp, (start, 0)), F.pad(ent, (start, 0))
 
     @torch.no_grad()
     def _score(self, model: torch.nn.Module, exp: Experience) -> torch.Tensor:
@@ -501,7 +501,7 @@ class RLModule(L.LightningModule):
                 total = 0.0
                 for mb_rows in self._plan(exp, rows):
                     mb = exp.select(mb_rows)
-                    logp, ent = self._forward_logp(self.model, mb, entropy=True)
+                    logp, ent = self._forward_logp(self.model, mb)
                     old = mb.old_logp if mb.old_logp is not None else logp.detach()
                     weights = truncated_is_weights(old, mb.engine_logp, g.tis_cap) if g.tis_cap else None
                     out = clipped_ratio_loss(logp, old, mb.advantages, mb.response_mask, g.eps_low, g.eps_high,

@@ -237,7 +237,7 @@ def test_forward_logp_scores_responses_from_logits_of_response_positions_only(ti
                     [1.0, -1.0], "y")]
     exp = pack_experience(groups, torch.zeros(4), pad_id=0)
     with torch.no_grad():
-        logp, entropy = module._forward_logp(module.model, exp, entropy=True)
+        logp, entropy = module._forward_logp(module.model, exp)
         full = module.model(input_ids=exp.input_ids, attention_mask=exp.attention_mask).logits[:, :-1] / 0.7
     expected = torch.log_softmax(full, -1).gather(-1, exp.input_ids[:, 1:, None]).squeeze(-1)
     counted = exp.response_mask.bool()
