@@ -4,6 +4,7 @@ A `Group` is one prompt with its G completions and rewards. `GroupBuffer` collec
 batch is full (DAPO refills). `pack_experience` lays the kept groups out as right-padded [N, L] token rows
 (prompt then response), with everything else aligned to the shifted positions [N, L-1]: column t holds the
 log-prob of token t+1 given tokens <= t, so `logits[:, :-1]` lines up with `input_ids[:, 1:]`.
+`plan_micro_batches` decides which rows share a forward/backward pass.
 """
 
 from __future__ import annotations
