@@ -20,11 +20,10 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
+from worker import print_result, run_worker
 
 
 def run_side(side: str, rows: int, positions: int, vocab: int) -> dict:
@@ -76,17 +75,12 @@ def main() -> None:
     parser.add_argument("--side", choices=["direct", "trl", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        print("RESULT " + json.dumps(run_side(args.side, args.rows, args.tokens, args.vocab)), flush=True)
+        print_result(run_side(args.side, args.rows, args.tokens, args.vocab))
         return
     sides = {}
     for side in ("direct", "trl", "ours"):
-        out = subprocess.run([sys.executable, __file__, "--side", side, "--rows", str(args.rows), "--tokens",
-                              str(args.tokens), "--vocab", str(args.vocab)], capture_output=True, text=True)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if out.returncode != 0 or line is None:
-            sys.stderr.write(out.stdout[-2000:] + out.stderr[-4000:])
-            raise SystemExit(f"bench/logprobs.py: side {side} failed (exit {out.returncode})")
-        sides[side] = json.loads(line.removeprefix("RESULT "))
+        sides[side] = run_worker(__file__, ["--side", side, "--rows", str(args.rows), "--tokens", str(args.tokens),
+                                            "--vocab", str(args.vocab)], f"side {side}")
     logits_mb = args.rows * args.tokens * args.vocab * 2 / 2**20
     print(json.dumps({
         "bench": "logprobs", "rows": args.rows, "tokens": args.tokens, "vocab": args.vocab,

@@ -23,11 +23,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from worker import print_result, run_worker
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -160,18 +161,13 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(*args.worker, args.steps)), flush=True)
+        print_result(worker(*args.worker, args.steps))
         return
     results = {}
     for size in args.sizes:
         for precision in args.precisions:
-            out = subprocess.run([sys.executable, __file__, "--worker", size, precision, "--steps", str(args.steps)],
-                                 capture_output=True, text=True)
-            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if out.returncode != 0 or line is None:
-                sys.stderr.write(out.stdout[-3000:] + out.stderr[-6000:])
-                raise SystemExit(f"bench/rl.py: worker for {size}/{precision} failed (exit {out.returncode})")
-            results[f"{size}/{precision}"] = json.loads(line.removeprefix("RESULT "))
+            results[f"{size}/{precision}"] = run_worker(
+                __file__, ["--worker", size, precision, "--steps", str(args.steps)], f"worker for {size}/{precision}")
             print(f"{size}/{precision}: {results[f'{size}/{precision}']}", file=sys.stderr, flush=True)
     goals = {f"vllm_speedup_{key}_ge_1.5": r["speedup_vllm_vs_trl"] >= 1.5
              for key, r in results.items() if key.startswith("25M/")}
