@@ -65,7 +65,7 @@ class ScriptedEngine:
         pass
 
 
-def make(tiny_model_dir, tmp_path, engine=None, max_steps=2, data_seed=0, **kwargs):
+def make(tiny_model_dir, tmp_path, engine=None, max_steps=2, data_seed=0, precision="32-true", **kwargs):
     grpo = GRPOArgs(**{"group_size": 4, "micro_batch_size": 4, **kwargs.pop("grpo", {})})
     sampling = kwargs.pop("sampling", SamplingArgs(max_tokens=16))
     module = RLModule(str(tiny_model_dir), engine="hf", grpo=grpo, sampling=sampling,
@@ -76,7 +76,8 @@ def make(tiny_model_dir, tmp_path, engine=None, max_steps=2, data_seed=0, **kwar
     module.attach_engine(engine)
     data = PromptDataModule(str(tiny_model_dir), batch_size=2, num_synthetic=64, num_val=4, seed=data_seed)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=str(tmp_path),
-                        logger=False, enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False)
+                        logger=False, enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False,
+                        precision=precision)
     return module, data, trainer, engine
 
 
@@ -247,10 +248,7 @@ def test_forward_logp_scores_responses_from_logits_of_response_positions_only(ti
 
 
 def test_bf16_mixed_precision_trains_fp32_weights_on_cpu(tiny_model_dir, tmp_path):
-    module, data, trainer, _ = make(tiny_model_dir, tmp_path, max_steps=1)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, default_root_dir=str(tmp_path), logger=False,
-                        enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False,
-                        precision="bf16-mixed")
+    module, data, trainer, _ = make(tiny_model_dir, tmp_path, max_steps=1, precision="bf16-mixed")
     module.configure_model()
     before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
     dtypes = []
