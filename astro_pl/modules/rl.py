@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,7 +55,7 @@ from astro_pl.modules.losses import (
     masked_mean,
     truncated_is_weights,
 )
-from astro_pl.modules.models import LoraArgs
+from astro_pl.modules.models import LoraArgs, resolve_dtype
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
 from astro_pl.modules.weight_sync import sync_weights
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
@@ -178,7 +179,11 @@ class RLModule(L.LightningModule):
         val_max_tokens: Most tokens per validation answer (greedy).
         optim: AdamW (default lr 1e-6, no warmup) with warmup + cosine over `trainer.max_steps` optimiser
             steps (each rollout step makes `grpo.epochs * grpo.mini_batches` of them).
-        dtype: Training dtype ("auto": bf16 on GPUs that have it, float32 on CPU).
+        dtype: Dtype of the stored (master) weights and optimiser state. float32 by default: at RL's learning
+            rates a bf16 weight cannot take the step (lr 1e-6 is under half the bf16 spacing of any weight
+            above ~3e-4 in size), so plain-bf16 training leaves almost every weight where it was.
+        compute_dtype: Dtype of forward/backward ("auto": bf16 on GPUs that have it, float32 on CPU), applied by
+            FSDP2's mixed-precision policy when sharded, else by autocast. The engine gets weights in its own dtype.
         sync_bucket_mb: Most megabytes gathered and sent to the engine at once during weight sync.
         sleep_engine: Put the engine to sleep during the update and wake it for the next sync (GPU vLLM).
         fsdp: Shard each decoder layer with FSDP2 when run under `ModelParallelStrategy`.
@@ -199,7 +204,8 @@ class RLModule(L.LightningModule):
         grpo: GRPOArgs | None = None,
         val_max_tokens: int | None = None,
         optim: OptimArgs | None = None,
-        dtype: str = "auto",
+        dtype: str = "float32",
+        compute_dtype: str = "auto",
         sync_bucket_mb: float = 256.0,
         sleep_engine: bool = False,
         fsdp: bool = True,
@@ -216,7 +222,9 @@ class RLModule(L.LightningModule):
         self.save_hyperparameters(ignore=["engine_args", "sampling", "grpo", "optim", "lora"])
         self.automatic_optimization = False
         self.model_path, self.engine_kind, self.dtype_name = model_path, engine, dtype
-        self.engine_args = engine_args or EngineArgs(model=model_path, dtype=dtype)
+        self.compute_dtype_name, self.compute_dtype = compute_dtype, resolve_dtype(compute_dtype)
+        self._autocast = False  # set by configure_model: unsharded weights stored wider than compute_dtype
+        self.engine_args = engine_args or EngineArgs(model=model_path, dtype=compute_dtype)
         grpo = grpo or GRPOArgs()
         sampling = sampling or SamplingArgs(max_tokens=128)
         self.sampling = dataclasses.replace(sampling, n=grpo.group_size, logprobs=True)
@@ -268,15 +276,19 @@ class RLModule(L.LightningModule):
         if self.lora is not None:
             self.model = add_lora(self.model, self.lora)
         reference = None
-        if self.grpo.beta > 0:
-            reference = load_causal_lm(self.model_path, self.dtype_name).requires_grad_(False).eval()
+        if self.grpo.beta > 0:  # frozen: stored in the compute dtype, no master copy needed
+            reference = load_causal_lm(self.model_path, self.compute_dtype_name).requires_grad_(False).eval()
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
+        stored = next(self.model.parameters()).dtype
         if self.use_fsdp and mesh is not None:
             from astro_pl.modules.fsdp import shard_decoder
 
-            self.model = shard_decoder(self.model, mesh["data_parallel"])
+            param_dtype = None if self.compute_dtype == stored else self.compute_dtype
+            self.model = shard_decoder(self.model, mesh["data_parallel"], param_dtype)
             if reference is not None:
                 reference = shard_decoder(reference, mesh["data_parallel"])
+        else:
+            self._autocast = self.compute_dtype != stored
         self._reference = () if reference is None else (reference,)
 
     @property
@@ -371,7 +383,7 @@ class RLModule(L.LightningModule):
             return 0.0
         start = time.perf_counter()
         with torch.no_grad():
-            sync_weights(self.model, self.engine, self.sync_bucket_bytes)
+            sync_weights(self.model, self.engine, self.sync_bucket_bytes, resolve_dtype(self.engine_args.dtype))
         self._synced_version = self._version
         return time.perf_counter() - start
 
@@ -447,8 +459,11 @@ class RLModule(L.LightningModule):
         """
         start = first_response_column(mb.response_mask)
         keep = mb.input_ids.shape[1] - start
-        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                       logits_to_keep=keep).logits[:, :-1]  # [n, L-1-start, V]
+        # nullcontext, not autocast(enabled=False), which would switch off a Trainer's bf16-mixed autocast
+        cast = torch.autocast(self.device.type, dtype=self.compute_dtype) if self._autocast else nullcontext()
+        with cast:
+            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                           logits_to_keep=keep).logits[:, :-1]  # [n, L-1-start, V]
         temperature = self.sampling.temperature if self.sampling.temperature > 0 else 1.0
         logp, ent = token_logprobs_and_entropy(logits, mb.input_ids[:, start + 1:], temperature)
         return F.pad(logp, (start, 0)), F.pad(ent, (start, 0))

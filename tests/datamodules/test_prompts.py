@@ -52,7 +52,7 @@ def test_bad_batch_size_names_the_flag(tiny_model_dir):
         PromptDataModule(str(tiny_model_dir), batch_size=0)
 
 
-@pytest.mark.parametrize("name", ["synthetic.yaml", "llama3_8b.yaml"])
+@pytest.mark.parametrize("name", ["synthetic.yaml", "llama3_8b.yaml", "llama31_70b.yaml"])
 def test_rl_configs_parse(name):
     from jsonargparse import ArgumentParser
 

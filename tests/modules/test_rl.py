@@ -247,6 +247,25 @@ def test_forward_logp_scores_responses_from_logits_of_response_positions_only(ti
     assert (logp[:, :2] == 0).all() and (entropy[:, :2] == 0).all()  # before the first response: no logits
 
 
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
+def test_bf16_compute_keeps_rl_sized_steps_only_with_fp32_master_weights(tiny_model_dir, tmp_path, stored):
+    """At lr 1e-6 AdamW's first step moves each weight by ~1e-6: float32 master weights take it, bf16 ones
+    (spacing ~1e-4 at 0.02) round almost all of it away, which is why RL stores float32 and computes in bf16."""
+    module, data, trainer, _ = make(tiny_model_dir, tmp_path, max_steps=1, dtype=stored, compute_dtype="bfloat16",
+                                    grpo={"max_grad_norm": None})
+    module.optim = type(module.optim)(lr=1e-6, warmup_ratio=0.0, weight_decay=0.0)
+    module.configure_model()
+    before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+    dtypes = []
+    module.model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.logits.dtype))
+    trainer.fit(module, datamodule=data)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    moved = [(v != before[k]).float().mean().item() for k, v in module.model.named_parameters()
+             if k.endswith("proj.weight")]
+    moved = sum(moved) / len(moved)  # fraction of the attention and MLP weights that changed
+    assert moved > 0.9 if stored == "float32" else moved < 0.1
+
+
 def test_bf16_mixed_precision_trains_fp32_weights_on_cpu(tiny_model_dir, tmp_path):
     module, data, trainer, _ = make(tiny_model_dir, tmp_path, max_steps=1, precision="bf16-mixed")
     module.configure_model()
