@@ -135,11 +135,19 @@ class RolloutFailure(RuntimeError):
     """A rollout or update could not complete; a checkpoint was written first."""
 
 
+def collective_device() -> torch.device:
+    """Where a tensor for the default process group must live: NCCL (Lightning's choice on GPUs) takes only CUDA
+    tensors, gloo CPU ones."""
+    if "nccl" in str(dist.get_backend()) and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce(value: float, op: str = "sum") -> float:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
     ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t, op=ops[op])
     return float(t.item())
 
