@@ -137,17 +137,46 @@ class StepTimer(L.Callback):
             self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
-def trainer(steps: int, timer: StepTimer) -> L.Trainer:
+class ProfileLastStep(L.Callback):
+    """Profiles the last training step and writes its operators, by device time, to `path`."""
+
+    def __init__(self, last: int, path: Path) -> None:
+        self.last, self.path, self.profiler = last, path, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.last:  # batch_idx lags in RL's dataloader_iter steps; one optimiser step each
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.profiler is not None:
+            sync()
+            self.profiler.__exit__(None, None, None)
+            sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            table = self.profiler.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
+            self.path.write_text(table)
+            self.profiler = None
+
+
+def trainer(steps: int, timer: StepTimer, profile: Path | None = None) -> L.Trainer:
+    callbacks = [timer] if profile is None else [timer, ProfileLastStep(steps - 1, profile)]
     return L.Trainer(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1, max_steps=steps,
                      strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
                      precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, use_distributed_sampler=False, callbacks=[timer])
+                     enable_model_summary=False, use_distributed_sampler=False, callbacks=callbacks)
 
 
 def peak_memory_gib() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # CPU: the process's peak RSS
+
+
+def profile_path(args, section: str) -> Path | None:
+    return args.profile / f"profile_{section}.txt" if args.profile else None
 
 
 def reset_memory() -> None:
@@ -168,7 +197,8 @@ def sft_check(model_dir: Path, config: LlamaConfig, params: int, args) -> dict:
                        gradient_checkpointing=args.gradient_checkpointing, optim=OptimArgs(lr=1e-5, warmup_ratio=0.0))
     timer = StepTimer(args.warmup)
     reset_memory()
-    trainer(args.warmup + args.steps, timer).fit(module, DataLoader(Forever(batches), batch_size=None))
+    trainer(args.warmup + args.steps, timer, profile_path(args, "sft")).fit(
+        module, DataLoader(Forever(batches), batch_size=None))
     seconds = sum(timer.times)
     tokens_per_s = timer.tokens / seconds
     achieved = flops_per_token(params, config.num_hidden_layers, config.hidden_size, attended) * tokens_per_s
@@ -241,7 +271,8 @@ def rl_update_check(model_dir: Path, config: LlamaConfig, args, name: str) -> di
     module.bench_args = args
     timer = StepTimer(1)
     reset_memory()
-    trainer(1 + args.rl_steps, timer).fit(module, datamodule=PromptStub(args.rl_prompts))
+    trainer(1 + args.rl_steps, timer, profile_path(args, f"rl_update_{name}")).fit(
+        module, datamodule=PromptStub(args.rl_prompts))
     train_s = [m["time/train_s"] for m in timer.metrics]
     lengths = torch.tensor(module.lengths)
     return {
@@ -387,6 +418,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="also write the result here after every section")
     p.add_argument("--sections", default="collectives,logprobs,rl_fit,rl_update,sft",
                    help="comma-separated, run in order")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="folder: write the operators of the last step of each training section there")
+    p.add_argument("--rl_micro_batching", default=",".join(RL_MICRO_BATCHING),
+                   help=f"comma-separated, of {', '.join(RL_MICRO_BATCHING)}")
     p.add_argument("--collectives_probe", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seq_len", type=int, default=8192)
     p.add_argument("--batch_size", type=int, default=2, help="packed rows per step")
@@ -454,7 +489,7 @@ def main(argv: list[str] | None = None) -> dict:
             model_dir, config, params = build_model("smoke" if args.smoke else "1b", args.seq_len, root / "model")
             result.update(params=params, seq_len=args.seq_len, batch_rows=args.batch_size)
         if "rl_update" in sections:
-            for name in RL_MICRO_BATCHING:
+            for name in args.rl_micro_batching.split(","):
                 record(f"rl_update_{name}", lambda name=name: rl_update_check(model_dir, config, args, name))
         if "sft" in sections:
             record("sft", lambda: sft_check(model_dir, config, params, args))
