@@ -464,14 +464,17 @@ class RLModule(L.LightningModule):
         Logits are computed from the first response position on (`logits_to_keep`): prompt positions are never
         scored, and for large vocabularies the [n, L, V] logits are much of the memory of a step (hence also the
         chunked log-softmax of `token_logprobs_and_entropy`).
+
+        No attention mask is passed: rows are right-padded (`pack_experience`), so causal attention alone keeps
+        real tokens from seeing padding, and padded positions are never counted. A padding mask would force SDPA
+        off its causal kernel onto a masked full-square one (a third of the update's GPU time on an H200).
         """
         start = first_response_column(mb.response_mask)
         keep = mb.input_ids.shape[1] - start
         # nullcontext, not autocast(enabled=False), which would switch off a Trainer's bf16-mixed autocast
         cast = torch.autocast(self.device.type, dtype=self.compute_dtype) if self._autocast else nullcontext()
         with cast:
-            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                           logits_to_keep=keep).logits[:, :-1]  # [n, L-1-start, V]
+            logits = model(input_ids=mb.input_ids, logits_to_keep=keep).logits[:, :-1]  # [n, L-1-start, V]
         temperature = self.sampling.temperature if self.sampling.temperature > 0 else 1.0
         logp, ent = token_logprobs_and_entropy(logits, mb.input_ids[:, start + 1:], temperature)
         return F.pad(logp, (start, 0)), F.pad(ent, (start, 0))
@@ -511,9 +514,10 @@ class RLModule(L.LightningModule):
         world = self.trainer.world_size
         constant = g.constant_normalizer or float(self.sampling.max_tokens)
         generator = torch.Generator().manual_seed(self.seed * 7919 + step)
-        stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_low", "clip_high", "kl", "entropy",
-                                                          "ratio_mean", "ratio_max", "is_weight_mean", "grad_norm",
-                                                          "engine_logp_gap")}
+        # statistics stay on the device until the end: a .item() per micro-batch would stall the GPU each time
+        stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "clip_low", "clip_high", "kl", "entropy",
+                                                                 "ratio_mean", "ratio_max", "is_weight_mean",
+                                                                 "grad_norm", "engine_logp_gap")}
         for epoch in range(g.epochs):
             order = torch.randperm(exp.num_sequences, generator=generator)
             for index, rows in enumerate(order.chunk(g.mini_batches)):
@@ -521,7 +525,8 @@ class RLModule(L.LightningModule):
                 num_tokens = _all_reduce(float(exp.response_mask[rows].sum()))
                 num_sequences = _all_reduce(float(len(rows)))
                 optimizer.zero_grad(set_to_none=True)
-                total = 0.0
+                total = torch.zeros((), device=self.device)
+                finite = torch.ones((), dtype=torch.bool, device=self.device)
                 for mb_rows in self._plan(exp, rows):
                     mb = exp.select(mb_rows)
                     logp, ent = self._forward_logp(self.model, mb)
@@ -533,30 +538,37 @@ class RLModule(L.LightningModule):
                     if g.beta > 0:
                         kl = kl_k3(logp, mb.ref_logp) * mb.response_mask
                         per_token = per_token + g.beta * kl
-                        stats["kl"].append(masked_mean(kl.detach(), mb.response_mask).item())
+                        stats["kl"].append(masked_mean(kl.detach(), mb.response_mask))
                     loss = aggregate_loss(per_token, mb.response_mask, g.aggregation, constant, num_tokens,
                                           num_sequences) * world
                     if self.nan_at_step == step:
                         loss = loss * float("nan")
-                    if _all_reduce(0.0 if torch.isfinite(loss).item() else 1.0, "max") > 0:
-                        self._fail(f"non-finite loss at step {step} (optimiser step {self.global_step})", None)
+                    finite &= torch.isfinite(loss.detach())
                     self.manual_backward(loss)
-                    total += loss.item() / world
+                    total += loss.detach() / world
                     m = mb.response_mask.bool()
                     if before_update:  # engine vs trainer on the same tokens: the off-policy gap of the sampler
                         gap = (logp.detach() - mb.engine_logp).abs()
-                        stats["engine_logp_gap"].append(masked_mean(gap, m).item())
-                    stats["clip_low"].append(masked_mean(out.clipped_low.float(), m).item())
-                    stats["clip_high"].append(masked_mean(out.clipped_high.float(), m).item())
-                    stats["entropy"].append(masked_mean(ent, m).item())
-                    stats["ratio_mean"].append(masked_mean(out.ratio, m).item())
-                    stats["ratio_max"].append(out.ratio[m].max().item() if m.any() else 1.0)
+                        stats["engine_logp_gap"].append(masked_mean(gap, m))
+                    stats["clip_low"].append(masked_mean(out.clipped_low.float(), m))
+                    stats["clip_high"].append(masked_mean(out.clipped_high.float(), m))
+                    stats["entropy"].append(masked_mean(ent, m))
+                    stats["ratio_mean"].append(masked_mean(out.ratio, m))
+                    stats["ratio_max"].append(torch.where(m, out.ratio.detach(), 0.0).amax())  # ratios are > 0
                     if weights is not None:
-                        stats["is_weight_mean"].append(masked_mean(weights, m).item())
+                        stats["is_weight_mean"].append(masked_mean(weights, m))
+                # checked before the optimiser step, so a bad loss never reaches the weights (its NaN gradients
+                # are dropped with the rest of this mini-batch's)
+                if _all_reduce(0.0 if finite.item() else 1.0, "max") > 0:
+                    self._fail(f"non-finite loss at step {step} (optimiser step {self.global_step})", None)
                 stats["grad_norm"].append(self._clip_and_step(optimizer, scheduler))
                 stats["loss"].append(total)
-        metrics = {f"train/{k}": sum(v) / len(v) for k, v in stats.items() if v}
-        metrics["train/ratio_max"] = max(stats["ratio_max"]) if stats["ratio_max"] else 1.0
+        names = [k for k, v in stats.items() if v]
+        means = torch.stack([torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device)
+                                          for x in stats[k]]).mean() for k in names]).tolist()
+        metrics = {f"train/{k}": value for k, value in zip(names, means, strict=True)}
+        ratio_max = torch.stack(stats["ratio_max"]).max().item() if stats["ratio_max"] else 0.0
+        metrics["train/ratio_max"] = ratio_max or 1.0  # 1.0 when no token was counted
         metrics["train/clip_frac"] = metrics.get("train/clip_low", 0.0) + metrics.get("train/clip_high", 0.0)
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         return metrics
