@@ -564,8 +564,7 @@ class RLModule(L.LightningModule):
                 stats["grad_norm"].append(self._clip_and_step(optimizer, scheduler))
                 stats["loss"].append(total)
         names = [k for k, v in stats.items() if v]
-        means = torch.stack([torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device)
-                                          for x in stats[k]]).mean() for k in names]).tolist()
+        means = torch.stack([torch.stack(stats[k]).float().mean() for k in names]).tolist()  # one sync
         metrics = {f"train/{k}": value for k, value in zip(names, means, strict=True)}
         ratio_max = torch.stack(stats["ratio_max"]).max().item() if stats["ratio_max"] else 0.0
         metrics["train/ratio_max"] = ratio_max or 1.0  # 1.0 when no token was counted
@@ -573,7 +572,7 @@ class RLModule(L.LightningModule):
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         return metrics
 
-    def _clip_and_step(self, optimizer, scheduler) -> float:
+    def _clip_and_step(self, optimizer, scheduler) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grpo.max_grad_norm or math.inf)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -582,7 +581,7 @@ class RLModule(L.LightningModule):
         optimizer.step()
         scheduler.step()
         self._version += 1
-        return float(norm)
+        return norm.detach()
 
     def _fail(self, message: str, cause: BaseException | None) -> None:
         """Writes a checkpoint (weights from before this update's first bad step) and stops with `message`."""
