@@ -277,3 +277,21 @@ def test_bf16_mixed_precision_trains_fp32_weights_on_cpu(tiny_model_dir, tmp_pat
     assert all(p.dtype == torch.float32 for p in module.model.parameters())
     assert any(not torch.equal(before[k], v) for k, v in module.model.named_parameters())
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_collective_device_follows_the_backend(tmp_path):
+    """gloo reduces CPU tensors; under NCCL (Lightning's GPU default) a CPU tensor is refused, which the GPU check
+    (bench/gpu_check.py, section "collectives") showed on an H200 before the RL step's all-reduces moved to
+    `collective_device()`."""
+    import torch.distributed as dist
+
+    from astro_pl.modules.rl import collective_device
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert collective_device() == torch.device("cpu")
+        value = torch.ones(1, dtype=torch.float64, device=collective_device())
+        dist.all_reduce(value)
+        assert value.item() == 1.0
+    finally:
+        dist.destroy_process_group()
