@@ -4,7 +4,8 @@ FSDP2 shards every parameter as a DTensor; `full_tensor()` all-gathers one param
 every rank walks the parameters in the same order), and the gathered tensors go to the engine in buckets of at
 most `bucket_bytes`, so peak extra memory is one bucket, not a full copy of the model. A PEFT LoRA model sends
 W + scale * B @ A under the base weight's original name, computed out of place: merging and unmerging in place
-would add float rounding to the frozen base weights at every sync.
+would add float rounding to the frozen base weights at every sync. Weights go out in the engine's dtype: a float32
+master shard is cast to bf16 before it is gathered, so the all-gather moves half the bytes.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from torch import nn
 from astro_pl.rollout.base import RolloutEngine
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
+def _full(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The whole tensor (gathered if sharded), cast to `dtype` first so the gather moves the smaller type."""
+    t = t.detach() if dtype is None else t.detach().to(dtype)
     full_tensor = getattr(t, "full_tensor", None)
-    return (full_tensor() if full_tensor is not None else t).detach()
+    return full_tensor() if full_tensor is not None else t
 
 
 def _is_peft(model: nn.Module) -> bool:
@@ -36,11 +39,12 @@ def lora_delta(layer: nn.Module) -> torch.Tensor:
     return delta
 
 
-def hf_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, full tensor) of every policy weight; LoRA adapters added to their base weights."""
+def hf_named_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, full tensor in `dtype`) of every policy weight; LoRA adapters added to their base weights
+    (in the stored dtype, then cast)."""
     if not _is_peft(model):
         for name, param in model.named_parameters():
-            yield name, _full(param)
+            yield name, _full(param, dtype)
         return
     modules = dict(model.named_modules())
     for name, param in model.named_parameters():
@@ -51,7 +55,7 @@ def hf_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             delta = lora_delta(modules[name.removesuffix(".base_layer.weight")])
             if delta is not None:
                 tensor = tensor + delta.to(tensor.dtype)
-        yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
+        yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor.to(dtype or tensor.dtype)
 
 
 def weight_buckets(named: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[list]:
@@ -74,9 +78,8 @@ def sync_weights(model: nn.Module, engine: RolloutEngine, bucket_bytes: int, dty
     If the engine fails, the walk still runs to the end (other ranks wait in the same all-gathers) and the first
     error is raised afterwards.
     """
-    named = ((n, t.to(dtype) if dtype is not None else t) for n, t in hf_named_parameters(model))
     count, error = 0, None
-    for bucket in weight_buckets(named, bucket_bytes):
+    for bucket in weight_buckets(hf_named_parameters(model, dtype), bucket_bytes):
         if error is None:
             try:
                 engine.load_weights(bucket)

@@ -34,6 +34,16 @@ def test_sync_sends_every_parameter_by_hf_name(tiny_model_dir):
     assert all(torch.equal(sent[n], p) for n, p in model.named_parameters())
 
 
+def test_sync_sends_the_engines_dtype(tiny_model_dir):
+    model = load_causal_lm(str(tiny_model_dir), "float32")
+    engine = Recorder()
+    sync_weights(model, engine, bucket_bytes=2**20, dtype=torch.bfloat16)
+    sent = dict(p for b in engine.buckets for p in b)
+    assert all(sent[n].dtype == torch.bfloat16 and torch.equal(sent[n], p.detach().to(torch.bfloat16))
+               for n, p in model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the master weights are untouched
+
+
 def test_lora_is_sent_merged_under_base_names_and_the_model_is_untouched(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 
@@ -55,3 +65,33 @@ def test_lora_is_sent_merged_under_base_names_and_the_model_is_untouched(tiny_mo
     # bit for bit: an in-place merge + unmerge would leave rounding error in the frozen base weights
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), before[n]), n
+
+
+def _gather_bf16(rank: int, model_dir: str, store: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from astro_pl.modules.fsdp import shard_decoder
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        model = shard_decoder(load_causal_lm(model_dir, "float32"), init_device_mesh("cpu", (2,)))
+        sent = dict(hf_named_parameters(model, torch.bfloat16))
+        if rank == 0:
+            torch.save(sent, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_shards_go_out_whole_in_the_engine_dtype(tiny_model_dir, tmp_path):
+    """Two CPU processes with float32 master shards: every weight arrives whole and equal to the full weight cast
+    to bf16 (`_full` casts each shard before gathering, so the gather moves half the bytes)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "sent.pt"
+    mp.spawn(_gather_bf16, args=(str(tiny_model_dir), str(tmp_path / "store"), str(out)), nprocs=2)
+    sent = torch.load(out)
+    full = load_causal_lm(str(tiny_model_dir), "float32")
+    assert sent.keys() == dict(full.named_parameters()).keys()
+    for name, param in full.named_parameters():
+        assert sent[name].dtype == torch.bfloat16 and torch.equal(sent[name], param.detach().to(torch.bfloat16)), name
