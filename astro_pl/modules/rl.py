@@ -490,7 +490,7 @@ class RLModule(L.LightningModule):
     def _plan(self, exp: Experience, rows: torch.Tensor) -> list[torch.Tensor]:
         """`rows` split into length-sorted micro-batches, as many on every rank (FSDP runs them in lockstep)."""
         g = self.grpo
-        lengths = exp.attention_mask[rows].sum(1)
+        lengths = exp.attention_mask[rows].sum(1).cpu()  # planned on the host: one transfer, not one per sequence
         plan = plan_micro_batches(lengths, g.micro_batch_size, g.micro_batch_tokens)
         count = int(_all_reduce(len(plan), "max"))
         if count != len(plan):
