@@ -14,12 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """"auto" is bf16 where CUDA supports it and float32 elsewhere (CPU tests stay exact)."""
+def resolve_dtype(name: str, flag: str = "dtype") -> torch.dtype:
+    """"auto" is bf16 where CUDA supports it and float32 elsewhere (CPU tests stay exact); `flag` names the setting
+    in the error."""
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {name!r}")
+        raise ValueError(f"{flag} must be one of auto, {', '.join(DTYPES)}; got {name!r}")
     return DTYPES[name]
 
 

@@ -230,7 +230,9 @@ class RLModule(L.LightningModule):
         self.save_hyperparameters(ignore=["engine_args", "sampling", "grpo", "optim", "lora"])
         self.automatic_optimization = False
         self.model_path, self.engine_kind, self.dtype_name = model_path, engine, dtype
-        self.compute_dtype_name, self.compute_dtype = compute_dtype, resolve_dtype(compute_dtype)
+        resolve_dtype(dtype, "--model.dtype")  # fails here, not at model loading
+        self.compute_dtype_name = compute_dtype
+        self.compute_dtype = resolve_dtype(compute_dtype, "--model.compute_dtype")
         self._autocast = False  # set by configure_model: unsharded weights stored wider than compute_dtype
         self.engine_args = engine_args or EngineArgs(model=model_path, dtype=compute_dtype)
         grpo = grpo or GRPOArgs()

@@ -65,7 +65,8 @@ class SFTModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model_path = model_path
-        self.dtype_name, self.compute_dtype = dtype, resolve_dtype(compute_dtype)
+        resolve_dtype(dtype, "--model.dtype")  # fails here, not at model loading
+        self.dtype_name, self.compute_dtype = dtype, resolve_dtype(compute_dtype, "--model.compute_dtype")
         self.attn_implementation, self.gradient_checkpointing = attn_implementation, gradient_checkpointing
         self.lora, self.optim = lora, optim or OptimArgs()
         self.max_grad_norm, self.reshard_after_forward = max_grad_norm, reshard_after_forward

@@ -302,3 +302,9 @@ def test_collective_device_follows_the_backend(tmp_path):
     out = tmp_path / "probe.pt"
     mp.spawn(_reduce_on_collective_device, args=(str(tmp_path / "store"), str(out)), nprocs=1)
     assert torch.load(out) == {"device": "cpu", "value": 1.0}
+
+
+@pytest.mark.parametrize("flag", ["dtype", "compute_dtype"])
+def test_bad_dtype_names_the_flag(tiny_model_dir, flag):
+    with pytest.raises(ValueError, match=f"--model.{flag} must be one of auto, float32, bfloat16, float16; got 'bf16'"):
+        RLModule(str(tiny_model_dir), engine="hf", **{flag: "bf16"})
