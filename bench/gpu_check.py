@@ -3,7 +3,7 @@ log-probs, and a real RL loop (engine, rewards, sync, update) on the GPU.
 
 Sections, each timed on its own and written to `--out` as soon as it ends (a later failure loses nothing):
 - `collectives`: which tensors a one-process default group on NCCL (Lightning's backend on GPUs) reduces: a CPU
-  tensor, and one on `astro_pl.modules.rl.collective_device()`, which the RL step's all-reduces use.
+  tensor, and one on `astro_pl.modules.collectives.collective_device()`, which the RL step's all-reduces use.
 - `logprobs`: `token_logprobs_and_entropy` (forward + backward) on bf16 logits [4, 4096, 128256] for several chunk
   sizes, beside the direct `logits.float()` way: time and peak memory above the logits (picks CUDA's chunk size).
 - `rl_fit`: `RLModule` with the transformers engine on a tiny Llama for 3 rollout steps, once unsharded (autocast)
@@ -381,7 +381,7 @@ def collectives_probe() -> dict:
 
     import torch.distributed as dist
 
-    from astro_pl.modules.rl import collective_device
+    from astro_pl.modules.collectives import collective_device
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():

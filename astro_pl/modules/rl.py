@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
 from astro_pl.modules.advantages import SCALES, dynamic_sampling_mask, group_advantages
+from astro_pl.modules.collectives import all_reduce_scalar, generate_shared, ranks_per_engine
 from astro_pl.modules.experience import (
     Experience,
     Group,
@@ -133,46 +134,6 @@ class GRPOArgs:
 
 class RolloutFailure(RuntimeError):
     """A rollout or update could not complete; a checkpoint was written first."""
-
-
-def collective_device() -> torch.device:
-    """Where a tensor for the default process group must live: NCCL (Lightning's choice on GPUs) takes only CUDA
-    tensors, gloo CPU ones."""
-    if "nccl" in str(dist.get_backend()) and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_reduce(value: float, op: str = "sum") -> float:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-    t = torch.tensor([float(value)], dtype=torch.float64, device=collective_device())
-    dist.all_reduce(t, op=ops[op])
-    return float(t.item())
-
-
-def gather_in_group(items: list, group) -> tuple[list, int]:
-    """Every rank's `items` of `group`, concatenated in rank order, and the offset where this rank's begin."""
-    parts: list = [None] * dist.get_world_size(group)
-    dist.all_gather_object(parts, items, group=group)
-    offset = sum(len(part) for part in parts[: dist.get_rank(group)])
-    return [item for part in parts for item in part], offset
-
-
-def generate_shared(engine: RolloutEngine, prompt_ids: list[list[int]], params: SamplingArgs, group=None):
-    """This rank's completions; with a `group` sharing one engine, every member submits the group's prompts."""
-    if group is None:
-        return engine.generate(prompt_ids, params)
-    shared, offset = gather_in_group(prompt_ids, group)
-    return engine.generate(shared, params)[offset: offset + len(prompt_ids)]
-
-
-def ranks_per_engine(engine_args: EngineArgs) -> int:
-    """How many consecutive ranks drive one engine: its TP degree under `external_launcher`, else 1 per rank."""
-    if engine_args.extra.get("distributed_executor_backend") == "external_launcher":
-        return engine_args.tensor_parallel_size
-    return 1
 
 
 class RLModule(L.LightningModule):
@@ -369,12 +330,12 @@ class RLModule(L.LightningModule):
             cause = error
         else:
             failed, cause = 0.0, None
-        if _all_reduce(failed, "max") > 0:
+        if all_reduce_scalar(failed, "max") > 0:
             self._fail(f"rollout failed at step {step}" + (f": {cause!r}" if cause else " on another rank"), cause)
         if self.sleep_engine:
             self.engine.sleep()
         self.last_rollout = buffer  # what this step sampled, for inspection and tests
-        kept = int(_all_reduce(len(buffer), "min"))
+        kept = int(all_reduce_scalar(len(buffer), "min"))
         groups = buffer.groups[: min(kept, self.trainer.datamodule.batch_size)]
         metrics = self._rollout_metrics(buffer, groups, tokens, gen_s, reward_s, sync_s)
         t1 = time.perf_counter()
@@ -429,7 +390,7 @@ class RLModule(L.LightningModule):
                 buffer.add(groups, dynamic_sampling_mask(rewards, self.grpo.group_size).tolist())
             else:
                 buffer.add(groups, [True] * len(groups))
-            if _all_reduce(len(buffer), "min") >= batch_size:
+            if all_reduce_scalar(len(buffer), "min") >= batch_size:
                 break
         return buffer, gen_s, reward_s, tokens
 
@@ -494,7 +455,7 @@ class RLModule(L.LightningModule):
         g = self.grpo
         lengths = exp.attention_mask[rows].sum(1).cpu()  # planned on the host: one transfer, not one per sequence
         plan = plan_micro_batches(lengths, g.micro_batch_size, g.micro_batch_tokens)
-        count = int(_all_reduce(len(plan), "max"))
+        count = int(all_reduce_scalar(len(plan), "max"))
         if count != len(plan):
             plan = plan_micro_batches(lengths, g.micro_batch_size, g.micro_batch_tokens, count)
         return [rows[p] for p in plan]
@@ -524,8 +485,8 @@ class RLModule(L.LightningModule):
             order = torch.randperm(exp.num_sequences, generator=generator)
             for index, rows in enumerate(order.chunk(g.mini_batches)):
                 before_update = epoch == 0 and index == 0  # the trainer still holds the sampling policy
-                num_tokens = _all_reduce(float(exp.response_mask[rows].sum()))
-                num_sequences = _all_reduce(float(len(rows)))
+                num_tokens = all_reduce_scalar(float(exp.response_mask[rows].sum()))
+                num_sequences = all_reduce_scalar(float(len(rows)))
                 optimizer.zero_grad(set_to_none=True)
                 total = torch.zeros((), device=self.device)
                 finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -561,7 +522,7 @@ class RLModule(L.LightningModule):
                         stats["is_weight_mean"].append(masked_mean(weights, m))
                 # checked before the optimiser step, so a bad loss never reaches the weights (its NaN gradients
                 # are dropped with the rest of this mini-batch's)
-                if _all_reduce(0.0 if finite.item() else 1.0, "max") > 0:
+                if all_reduce_scalar(0.0 if finite.item() else 1.0, "max") > 0:
                     self._fail(f"non-finite loss at step {step} (optimiser step {self.global_step})", None)
                 stats["grad_norm"].append(self._clip_and_step(optimizer, scheduler))
                 stats["loss"].append(total)

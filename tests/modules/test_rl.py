@@ -279,31 +279,6 @@ def test_bf16_mixed_precision_trains_fp32_weights_on_cpu(tiny_model_dir, tmp_pat
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
-def _reduce_on_collective_device(rank: int, store: str, out: str) -> None:
-    import torch.distributed as dist
-
-    from astro_pl.modules.rl import collective_device
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=1)
-    try:
-        value = torch.ones(1, dtype=torch.float64, device=collective_device())
-        dist.all_reduce(value)
-        torch.save({"device": str(collective_device()), "value": value.item()}, out)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_collective_device_follows_the_backend(tmp_path):
-    """gloo reduces CPU tensors; under NCCL (Lightning's GPU default) a CPU tensor is refused, which the GPU check
-    (bench/gpu_check.py, section "collectives") showed on an H200 before the RL step's all-reduces moved to
-    `collective_device()`. In a fresh process: other tests may hold this one's default group."""
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "probe.pt"
-    mp.spawn(_reduce_on_collective_device, args=(str(tmp_path / "store"), str(out)), nprocs=1)
-    assert torch.load(out) == {"device": "cpu", "value": 1.0}
-
-
 @pytest.mark.parametrize("flag", ["dtype", "compute_dtype"])
 def test_bad_dtype_names_the_flag(tiny_model_dir, flag):
     with pytest.raises(ValueError, match=f"--model.{flag} must be one of auto, float32, bfloat16, float16; got 'bf16'"):

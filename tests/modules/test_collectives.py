@@ -1,4 +1,5 @@
-"""Ranks sharing one tensor-parallel engine: a real 2-process gloo group gathers prompts and splits completions."""
+"""Rank collectives: ranks sharing one tensor-parallel engine (a real 2-process gloo group gathers prompts and splits
+completions), and scalar all-reduces on the device the backend takes."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 import socket
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from astro_pl.modules.rl import generate_shared, ranks_per_engine
+from astro_pl.modules.collectives import collective_device, generate_shared, ranks_per_engine
 from astro_pl.rollout.base import Completion, EngineArgs, SamplingArgs
 
 
@@ -66,3 +68,22 @@ def test_without_a_group_each_rank_generates_alone():
     ({"distributed_executor_backend": "mp"}, 8, 1)])
 def test_ranks_per_engine_follows_the_executor(extra, tp, expected):
     assert ranks_per_engine(EngineArgs(model="m", tensor_parallel_size=tp, extra=extra)) == expected
+
+
+def _reduce_on_collective_device(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=1)
+    try:
+        value = torch.ones(1, dtype=torch.float64, device=collective_device())
+        dist.all_reduce(value)
+        torch.save({"device": str(collective_device()), "value": value.item()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collective_device_follows_the_backend(tmp_path):
+    """gloo reduces CPU tensors; under NCCL (Lightning's GPU default) a CPU tensor is refused, which the GPU check
+    (bench/gpu_check.py, section "collectives") showed on an H200 before the RL step's all-reduces moved to
+    `collective_device()`. In a fresh process: other tests may hold this one's default group."""
+    out = tmp_path / "probe.pt"
+    mp.spawn(_reduce_on_collective_device, args=(str(tmp_path / "store"), str(out)), nprocs=1)
+    assert torch.load(out) == {"device": "cpu", "value": 1.0}
