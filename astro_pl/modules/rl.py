@@ -100,6 +100,11 @@ class GRPOArgs:
     micro_batch_tokens: int | None = None
     """Most padded tokens per forward/backward (veRL's dynamic batch size): short responses share a pass, long
     ones get fewer companions. None: only micro_batch_size limits."""
+    skip_zero_advantage: bool = False
+    """Leave sequences with advantage 0 (groups whose rewards are all equal) out of the forward/backward: their
+    loss and gradient are exactly 0, and the normalisers still count them, so the update is the same at a
+    fraction of the compute (with G = 4 and accuracy 0.2, 41% of groups). Needs beta = 0 (the KL term has a
+    gradient). The train/ statistics then cover the computed sequences only; see train/computed_frac."""
     correct_reward: float = 1.0
     """Reward of a correct final answer."""
     incorrect_reward: float = -1.0
@@ -124,6 +129,8 @@ class GRPOArgs:
             (self.micro_batch_size >= 1, "--model.grpo.micro_batch_size must be >= 1"),
             (self.micro_batch_tokens is None or self.micro_batch_tokens >= 1,
              "--model.grpo.micro_batch_tokens must be >= 1 (or null)"),
+            (not (self.skip_zero_advantage and self.beta > 0),
+             "--model.grpo.skip_zero_advantage needs --model.grpo.beta 0 (the KL term has a gradient)"),
             (self.correct_reward > self.incorrect_reward,
              "--model.grpo.correct_reward must be greater than --model.grpo.incorrect_reward"),
         ]
@@ -443,21 +450,32 @@ class RLModule(L.LightningModule):
         return F.pad(logp, (start, 0)), F.pad(ent, (start, 0))
 
     @torch.no_grad()
-    def _score(self, model: torch.nn.Module, exp: Experience) -> torch.Tensor:
+    def _score(self, model: torch.nn.Module, exp: Experience, computed: torch.Tensor) -> torch.Tensor:
+        """Log-probs under `model` of the rows marked `computed` (0 elsewhere)."""
         out = torch.zeros_like(exp.engine_logp)
-        for mb_rows in self._plan(exp, torch.arange(exp.num_sequences)):
+        rows = torch.arange(exp.num_sequences)
+        fillers = rows[~computed] if self.grpo.skip_zero_advantage else None
+        for mb_rows in self._plan(exp, rows[computed], fillers):
             logp, _ = self._forward_logp(model, exp.select(mb_rows))
             out[mb_rows, : logp.shape[1]] = logp
         return out
 
-    def _plan(self, exp: Experience, rows: torch.Tensor) -> list[torch.Tensor]:
-        """`rows` split into length-sorted micro-batches, as many on every rank (FSDP runs them in lockstep)."""
+    def _plan(self, exp: Experience, rows: torch.Tensor, fillers: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """`rows` split into length-sorted micro-batches, as many on every rank (FSDP runs them in lockstep).
+
+        `fillers` (rows whose gradient is 0) are added, shortest first, when this rank has too few rows for the
+        count the other ranks need, and so that at least one pass runs: the optimiser then sees zero gradients,
+        as it would without skipping, rather than none.
+        """
         g = self.grpo
-        lengths = exp.attention_mask[rows].sum(1).cpu()  # planned on the host: one transfer, not one per sequence
-        plan = plan_micro_batches(lengths, g.micro_batch_size, g.micro_batch_tokens)
-        count = int(all_reduce_scalar(len(plan), "max"))
+        lengths = exp.attention_mask.sum(1).cpu()  # planned on the host: one transfer, not one per sequence
+        plan = plan_micro_batches(lengths[rows], g.micro_batch_size, g.micro_batch_tokens)
+        count = int(all_reduce_scalar(max(len(plan), 1 if fillers is not None else 0), "max"))
+        if fillers is not None and len(rows) < count:
+            shortest = fillers[torch.argsort(lengths[fillers], stable=True)]
+            rows = torch.cat([rows, shortest[: count - len(rows)]])
         if count != len(plan):
-            plan = plan_micro_batches(lengths, g.micro_batch_size, g.micro_batch_tokens, count)
+            plan = plan_micro_batches(lengths[rows], g.micro_batch_size, g.micro_batch_tokens, count)
         return [rows[p] for p in plan]
 
     def _update(self, groups: list[Group], step: int) -> dict[str, float]:
@@ -467,11 +485,14 @@ class RLModule(L.LightningModule):
         exp = pack_experience(groups, advantages, self.tokenizer.pad_token_id, g.mask_truncated)
         exp = Experience(*[None if t is None else t.to(self.device) for t in exp])
         self.model.train()
+        computed = torch.ones(exp.num_sequences, dtype=torch.bool)  # the rows that run forward/backward
+        if g.skip_zero_advantage:
+            computed = exp.advantages.cpu() != 0
         reuse = g.epochs * g.mini_batches > 1
         if reuse:
-            exp = exp._replace(old_logp=self._score(self.model, exp))
+            exp = exp._replace(old_logp=self._score(self.model, exp, computed))
         if g.beta > 0:
-            exp = exp._replace(ref_logp=self._score(self.reference, exp))
+            exp = exp._replace(ref_logp=self._score(self.reference, exp, computed))
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         world = self.trainer.world_size
@@ -490,7 +511,8 @@ class RLModule(L.LightningModule):
                 optimizer.zero_grad(set_to_none=True)
                 total = torch.zeros((), device=self.device)
                 finite = torch.ones((), dtype=torch.bool, device=self.device)
-                for mb_rows in self._plan(exp, rows):
+                fillers = rows[~computed[rows]] if g.skip_zero_advantage else None
+                for mb_rows in self._plan(exp, rows[computed[rows]], fillers):
                     mb = exp.select(mb_rows)
                     logp, ent = self._forward_logp(self.model, mb)
                     old = mb.old_logp if mb.old_logp is not None else logp.detach()
@@ -533,6 +555,7 @@ class RLModule(L.LightningModule):
         metrics["train/ratio_max"] = ratio_max or 1.0  # 1.0 when no token was counted
         metrics["train/clip_frac"] = metrics.get("train/clip_low", 0.0) + metrics.get("train/clip_high", 0.0)
         metrics["train/lr"] = scheduler.get_last_lr()[0]
+        metrics["train/computed_frac"] = computed.float().mean().item()
         return metrics
 
     def _clip_and_step(self, optimizer, scheduler) -> torch.Tensor:

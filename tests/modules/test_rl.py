@@ -283,3 +283,31 @@ def test_bf16_mixed_precision_trains_fp32_weights_on_cpu(tiny_model_dir, tmp_pat
 def test_bad_dtype_names_the_flag(tiny_model_dir, flag):
     with pytest.raises(ValueError, match=f"--model.{flag} must be one of auto, float32, bfloat16, float16; got 'bf16'"):
         RLModule(str(tiny_model_dir), engine="hf", **{flag: "bf16"})
+
+
+def test_skipping_zero_advantage_sequences_gives_the_same_update_with_fewer_passes(tiny_model_dir, tmp_path):
+    """Even answers are always right, so their groups have all-equal rewards and advantage 0: skipping them must not
+    change the weights (the normalisers still count them), only the number of sequences run."""
+    weights, rows_run, metrics = {}, {}, {}
+    for skip in (False, True):
+        tokenizer = load_tokenizer(str(tiny_model_dir))
+        engine = ScriptedEngine(tokenizer, p_right=0.5, even_always_right=True)
+        module, data, trainer, _ = make(tiny_model_dir, tmp_path / str(skip), engine=engine, max_steps=4,
+                                        grpo={"skip_zero_advantage": skip, "mini_batches": 2, "epochs": 1,
+                                              "aggregation": "token_mean"})
+        module.configure_model()
+        counts = []
+        module.model.register_forward_hook(lambda _m, _i, out: counts.append(out.logits.shape[0]))
+        trainer.fit(module, datamodule=data)
+        weights[skip] = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+        rows_run[skip], metrics[skip] = sum(counts), trainer.callback_metrics
+    assert any(engine.all_equal) and not all(engine.all_equal)  # some groups are skippable, not all
+    assert rows_run[True] < rows_run[False]
+    assert metrics[True]["train/computed_frac"] < 1.0 == metrics[False]["train/computed_frac"]
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_skip_zero_advantage_refuses_a_kl_term():
+    with pytest.raises(ValueError, match="--model.grpo.skip_zero_advantage needs --model.grpo.beta 0"):
+        GRPOArgs(skip_zero_advantage=True, beta=0.1)
