@@ -297,7 +297,7 @@ def test_skipping_zero_advantage_sequences_gives_the_same_update_with_fewer_pass
                                               "aggregation": "token_mean"})
         module.configure_model()
         counts = []
-        module.model.register_forward_hook(lambda _m, _i, out: counts.append(out.logits.shape[0]))
+        module.model.register_forward_hook(lambda _m, _i, out, counts=counts: counts.append(out.logits.shape[0]))
         trainer.fit(module, datamodule=data)
         weights[skip] = {k: v.detach().clone() for k, v in module.model.named_parameters()}
         rows_run[skip], metrics[skip] = sum(counts), trainer.callback_metrics
