@@ -27,7 +27,6 @@ import dataclasses
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
-from astro_pl.modules.advantages import SCALES, dynamic_sampling_mask, group_advantages
+from astro_pl.modules.advantages import dynamic_sampling_mask, group_advantages
 from astro_pl.modules.collectives import all_reduce_scalar, generate_shared, ranks_per_engine
 from astro_pl.modules.experience import (
     Experience,
@@ -47,9 +46,9 @@ from astro_pl.modules.experience import (
     pack_experience,
     plan_micro_batches,
 )
+from astro_pl.modules.grpo_args import GRPOArgs
 from astro_pl.modules.logprobs import token_logprobs_and_entropy
 from astro_pl.modules.losses import (
-    AGGREGATIONS,
     aggregate_loss,
     clipped_ratio_loss,
     kl_k3,
@@ -60,84 +59,6 @@ from astro_pl.modules.models import LoraArgs, resolve_dtype
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
 from astro_pl.modules.weight_sync import sync_weights
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
-
-
-@dataclass
-class GRPOArgs:
-    """The RL algorithm's knobs (GRPO by default; DAPO and Dr. GRPO by config)."""
-
-    group_size: int = 4
-    """G: samples per prompt (the paper's reviewer answer: 4)."""
-    advantage_scale: Literal["group_std", "none", "batch_std"] = "group_std"
-    """"group_std" (GRPO), "none" (Dr. GRPO: no difficulty bias) or "batch_std"."""
-    advantage_eps: float = 1e-4
-    """Added to the std before dividing."""
-    aggregation: Literal["seq_mean", "token_mean", "constant"] = "seq_mean"
-    """Token losses -> one loss: "seq_mean" (GRPO), "token_mean" (DAPO), "constant" (Dr. GRPO); see
-    `astro_pl.modules.losses.aggregate_loss` for the length bias of each."""
-    constant_normalizer: float | None = None
-    """Per-sequence constant for "constant" aggregation; None uses sampling.max_tokens."""
-    eps_low: float = 0.2
-    """Lower clip range of the ratio."""
-    eps_high: float = 0.2
-    """Upper clip range of the ratio (DAPO's clip-higher: 0.28)."""
-    beta: float = 0.0
-    """Weight of the k3 KL to the frozen initial policy; 0 loads no reference model."""
-    dynamic_sampling: bool = False
-    """Drop groups whose rewards are all equal and draw more prompts (DAPO)."""
-    max_extra_draws: int = 4
-    """Most extra prompt batches drawn per step by dynamic sampling; then train on what was kept."""
-    mask_truncated: bool = False
-    """Leave completions cut off at max_tokens out of the loss (DAPO's overlong filtering)."""
-    tis_cap: float | None = None
-    """Cap C of truncated importance weights min(pi_trainer / pi_engine, C); None turns the correction off."""
-    epochs: int = 1
-    """Passes over each rollout batch."""
-    mini_batches: int = 1
-    """Optimiser steps per pass (the batch is split into this many shuffled mini-batches)."""
-    micro_batch_size: int = 8
-    """Most sequences per forward/backward (sequences are sorted by length first, so each pads little)."""
-    micro_batch_tokens: int | None = None
-    """Most padded tokens per forward/backward (veRL's dynamic batch size): short responses share a pass, long
-    ones get fewer companions. None: only micro_batch_size limits."""
-    skip_zero_advantage: bool = False
-    """Leave sequences with advantage 0 (groups whose rewards are all equal) out of the forward/backward: their
-    loss and gradient are exactly 0, and the normalisers still count them, so the update is the same at a
-    fraction of the compute (with G = 4 and accuracy 0.2, 41% of groups). Useful without dynamic sampling (which
-    drops such groups already). Needs beta = 0 (the KL term has a gradient). The train/ statistics then cover the
-    computed sequences only; see train/computed_frac."""
-    correct_reward: float = 1.0
-    """Reward of a correct final answer."""
-    incorrect_reward: float = -1.0
-    """Reward of a wrong or missing final answer."""
-    max_grad_norm: float | None = 1.0
-    """Gradient clipping; None turns it off."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.group_size >= 2, f"--model.grpo.group_size must be >= 2, got {self.group_size}"),
-            (self.advantage_scale in SCALES, f"--model.grpo.advantage_scale must be one of {SCALES}"),
-            (self.aggregation in AGGREGATIONS, f"--model.grpo.aggregation must be one of {AGGREGATIONS}"),
-            (self.constant_normalizer is None or self.constant_normalizer > 0,
-             "--model.grpo.constant_normalizer must be > 0"),
-            (0 <= self.eps_low < 1, f"--model.grpo.eps_low must be in [0, 1), got {self.eps_low}"),
-            (self.eps_high >= 0, f"--model.grpo.eps_high must be >= 0, got {self.eps_high}"),
-            (self.beta >= 0, f"--model.grpo.beta must be >= 0, got {self.beta}"),
-            (self.max_extra_draws >= 0, "--model.grpo.max_extra_draws must be >= 0"),
-            (self.tis_cap is None or self.tis_cap > 0, "--model.grpo.tis_cap must be > 0 (or null)"),
-            (self.epochs >= 1, "--model.grpo.epochs must be >= 1"),
-            (self.mini_batches >= 1, "--model.grpo.mini_batches must be >= 1"),
-            (self.micro_batch_size >= 1, "--model.grpo.micro_batch_size must be >= 1"),
-            (self.micro_batch_tokens is None or self.micro_batch_tokens >= 1,
-             "--model.grpo.micro_batch_tokens must be >= 1 (or null)"),
-            (not (self.skip_zero_advantage and self.beta > 0),
-             "--model.grpo.skip_zero_advantage needs --model.grpo.beta 0 (the KL term has a gradient)"),
-            (self.correct_reward > self.incorrect_reward,
-             "--model.grpo.correct_reward must be greater than --model.grpo.incorrect_reward"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 class RolloutFailure(RuntimeError):
