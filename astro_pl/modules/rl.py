@@ -375,30 +375,29 @@ class RLModule(L.LightningModule):
     def _score(self, model: torch.nn.Module, exp: Experience, computed: torch.Tensor) -> torch.Tensor:
         """Log-probs under `model` of the rows marked `computed` (0 elsewhere)."""
         out = torch.zeros_like(exp.engine_logp)
-        rows = torch.arange(exp.num_sequences)
-        fillers = rows[~computed] if self.grpo.skip_zero_advantage else None
-        for mb_rows in self._plan(exp, rows[computed], fillers):
+        for mb_rows in self._plan(exp, torch.arange(exp.num_sequences), computed):
             logp, _ = self._forward_logp(model, exp.select(mb_rows))
             out[mb_rows, : logp.shape[1]] = logp
         return out
 
-    def _plan(self, exp: Experience, rows: torch.Tensor, fillers: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """`rows` split into length-sorted micro-batches, as many on every rank (FSDP runs them in lockstep).
+    def _plan(self, exp: Experience, rows: torch.Tensor, computed: torch.Tensor) -> list[torch.Tensor]:
+        """The `computed` ones of `rows` split into length-sorted micro-batches, as many on every rank (FSDP runs
+        them in lockstep), at least one.
 
-        `fillers` (rows whose gradient is 0) are added, shortest first, when this rank has too few rows for the
-        count the other ranks need, and so that at least one pass runs: the optimiser then sees zero gradients,
-        as it would without skipping, rather than none.
+        Rows not computed (gradient 0) fill in, shortest first, when this rank has too few rows for the count the
+        other ranks need, or none: the optimiser then sees zero gradients, as it would without skipping.
         """
         g = self.grpo
         lengths = exp.attention_mask.sum(1).cpu()  # planned on the host: one transfer, not one per sequence
-        plan = plan_micro_batches(lengths[rows], g.micro_batch_size, g.micro_batch_tokens)
-        count = int(all_reduce_scalar(max(len(plan), 1 if fillers is not None else 0), "max"))
-        if fillers is not None and len(rows) < count:
+        run, fillers = rows[computed[rows]], rows[~computed[rows]]
+        plan = plan_micro_batches(lengths[run], g.micro_batch_size, g.micro_batch_tokens)
+        count = int(all_reduce_scalar(max(len(plan), 1), "max"))
+        if len(run) < count:
             shortest = fillers[torch.argsort(lengths[fillers], stable=True)]
-            rows = torch.cat([rows, shortest[: count - len(rows)]])
+            run = torch.cat([run, shortest[: count - len(run)]])
         if count != len(plan):
-            plan = plan_micro_batches(lengths[rows], g.micro_batch_size, g.micro_batch_tokens, count)
-        return [rows[p] for p in plan]
+            plan = plan_micro_batches(lengths[run], g.micro_batch_size, g.micro_batch_tokens, count)
+        return [run[p] for p in plan]
 
     def _update(self, groups: list[Group], step: int) -> dict[str, float]:
         g = self.grpo
@@ -433,8 +432,7 @@ class RLModule(L.LightningModule):
                 optimizer.zero_grad(set_to_none=True)
                 total = torch.zeros((), device=self.device)
                 finite = torch.ones((), dtype=torch.bool, device=self.device)
-                fillers = rows[~computed[rows]] if g.skip_zero_advantage else None
-                for mb_rows in self._plan(exp, rows[computed[rows]], fillers):
+                for mb_rows in self._plan(exp, rows, computed):
                     mb = exp.select(mb_rows)
                     logp, ent = self._forward_logp(self.model, mb)
                     old = mb.old_logp if mb.old_logp is not None else logp.detach()
