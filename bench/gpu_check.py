@@ -348,8 +348,8 @@ def rl_fit_check(root: Path, args, sharded: bool) -> dict:
                         vocab_size=512)
         build_tiny_llama(root / "tok", model_dir, seed=0)
     module = AlternatingRewardRL(str(model_dir), engine="hf", grpo=GRPOArgs(group_size=4, micro_batch_size=8),
-                      sampling=SamplingArgs(max_tokens=64, temperature=1.0),
-                      optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))
+                                 sampling=SamplingArgs(max_tokens=64, temperature=1.0),
+                                 optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))
     data = PromptDataModule(str(model_dir), batch_size=4, num_synthetic=64, num_val=4)
     timer = StepTimer(1)
     strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if sharded else "auto"
