@@ -9,6 +9,8 @@ Sections, each timed on its own and written to `--out` as soon as it ends (a lat
 - `rl_fit`: `RLModule` with the transformers engine on a tiny Llama for 3 rollout steps, once unsharded (autocast)
   and once under FSDP2 (`ModelParallelStrategy`): float32 master weights, bf16 compute, lr 1e-6. Reports whether
   the weights moved, the engine-vs-trainer log-prob gap, loss, sync and generation time.
+- `rl_vllm`: the same loop with `VLLMEngine` (needs vllm) asleep through each update (sleep mode, level 2): the
+  log-prob gap after two sleep / re-sync cycles, and the GPU memory sleeping frees.
 - `rl_update`: the real `RLModule` update (gradient checkpointing, clipped-ratio loss, AdamW) of a randomly
   initialised Llama-3.2-1B-shaped model (16 layers, d 2048, GQA 32/8, vocab 128256; 1.24B parameters) on
   synthetic rollouts: 64 responses of log-uniform length 512..8192 after 256-token prompts, micro-batched three
@@ -337,9 +339,27 @@ class AlternatingRewardRL(RLModule):
         return buffer, gen_s, reward_s, tokens
 
 
-def rl_fit_check(root: Path, args, sharded: bool) -> dict:
-    """Three rollout steps of `RLModule` with the transformers engine on a tiny Llama, on the GPU."""
-    from astro_pl.datamodules.prompts import PromptDataModule
+class SleepProbeRL(AlternatingRewardRL):
+    """Records free GPU memory after generation (engine awake) and during the update (engine asleep)."""
+
+    free_after_generate: list[int]
+    free_in_update: list[int]
+
+    def _collect(self, dataloader_iter, step: int):
+        out = super()._collect(dataloader_iter, step)
+        self.free_after_generate.append(free_gpu_bytes())
+        return out
+
+    def _update(self, groups, step: int):
+        self.free_in_update.append(free_gpu_bytes())
+        return super()._update(groups, step)
+
+
+def free_gpu_bytes() -> int:
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+
+
+def tiny_model(root: Path) -> Path:
     from astro_pl.modules.tiny_llama import build_tiny_llama
 
     model_dir = root / "tiny_model"
@@ -347,13 +367,28 @@ def rl_fit_check(root: Path, args, sharded: bool) -> dict:
         train_tokenizer([f"Evaluate {i} + {i * 7} - {i % 5}. \\boxed{{{i}}}" for i in range(500)], root / "tok",
                         vocab_size=512)
         build_tiny_llama(root / "tok", model_dir, seed=0)
-    module = AlternatingRewardRL(str(model_dir), engine="hf", grpo=GRPOArgs(group_size=4, micro_batch_size=8),
-                                 sampling=SamplingArgs(max_tokens=64, temperature=1.0),
-                                 optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))
+    return model_dir
+
+
+def rl_fit_check(root: Path, args, sharded: bool, engine: str = "hf") -> dict:
+    """Three rollout steps of `RLModule` on a tiny Llama on the GPU, with the transformers engine, or with vLLM
+    sleeping through each update (level 2: the weights are dropped and synced back before the next rollout)."""
+    from astro_pl.datamodules.prompts import PromptDataModule
+    from astro_pl.rollout.base import EngineArgs
+
+    model_dir = tiny_model(root)
+    cuda = torch.cuda.is_available()
+    engine_args = EngineArgs(model=str(model_dir), dtype="auto", max_model_len=256, gpu_memory_utilization=0.2,
+                             enable_sleep_mode=cuda, enforce_eager=args.smoke)
+    module = SleepProbeRL(str(model_dir), engine=engine, engine_args=engine_args, sleep_engine=engine == "vllm",
+                          grpo=GRPOArgs(group_size=4, micro_batch_size=8),
+                          sampling=SamplingArgs(max_tokens=64, temperature=1.0),
+                          optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))
+    module.free_after_generate, module.free_in_update = [], []
     data = PromptDataModule(str(model_dir), batch_size=4, num_synthetic=64, num_val=4)
     timer = StepTimer(1)
     strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if sharded else "auto"
-    L.Trainer(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1, max_steps=3, strategy=strategy,
+    L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, max_steps=3, strategy=strategy,
               logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
               limit_val_batches=0, callbacks=[timer]).fit(module, datamodule=data)
     base = LlamaForCausalLM.from_pretrained(model_dir).state_dict()
@@ -364,15 +399,20 @@ def rl_fit_check(root: Path, args, sharded: bool) -> dict:
         if name.endswith("proj.weight"):
             moved.append((full.detach().cpu() != base[name]).float().mean().item())
     last = timer.metrics[-1]
-    return {
+    result = {
         "master_dtypes": sorted(dtypes),
         "proj_weights_moved_frac": round(sum(moved) / len(moved), 4),
+        # after two sleeps the engine runs on synced weights only: a lost or stale weight shows as a large gap
         "engine_logp_gap": round(last.get("train/engine_logp_gap", float("nan")), 5),
         "loss_last": round(last["train/loss"], 6),
         "generate_s": round(last["time/generate_s"], 3),
         "sync_s": round(last["time/sync_s"], 4),
         "train_s": round(last["time/train_s"], 4),
     }
+    if engine == "vllm":
+        freed = [b - a for a, b in zip(module.free_after_generate, module.free_in_update, strict=True)]
+        result["sleep_freed_gib"] = round(min(freed) / 2**30, 2)
+    return result
 
 
 def collectives_probe() -> dict:
@@ -416,7 +456,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny model, short rows, CPU-sized (tests the script)")
     p.add_argument("--out", type=Path, default=None, help="also write the result here after every section")
-    p.add_argument("--sections", default="collectives,logprobs,rl_fit,rl_update,sft",
+    p.add_argument("--sections", default="collectives,logprobs,rl_fit,rl_vllm,rl_update,sft",
                    help="comma-separated, run in order")
     p.add_argument("--profile", type=Path, default=None,
                    help="folder: write the operators of the last step of each training section there")
@@ -486,6 +526,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "rl_fit" in sections:
             record("rl_fit_unsharded", lambda: rl_fit_check(root, args, sharded=False))
             record("rl_fit_fsdp2", lambda: rl_fit_check(root, args, sharded=True))
+        if "rl_vllm" in sections:
+            record("rl_fit_vllm_sleep", lambda: rl_fit_check(root, args, sharded=False, engine="vllm"))
         if {"rl_update", "sft"} & set(sections):
             model_dir, config, params = build_model("smoke" if args.smoke else "1b", args.seq_len, root / "model")
             result.update(params=params, seq_len=args.seq_len, batch_rows=args.batch_size)

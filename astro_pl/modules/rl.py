@@ -83,7 +83,8 @@ class RLModule(L.LightningModule):
         compute_dtype: Dtype of forward/backward ("auto": bf16 on GPUs that have it, float32 on CPU), applied by
             FSDP2's mixed-precision policy when sharded, else by autocast. The engine gets weights in its own dtype.
         sync_bucket_mb: Most megabytes gathered and sent to the engine at once during weight sync.
-        sleep_engine: Put the engine to sleep during the update and wake it for the next sync (GPU vLLM).
+        sleep_engine: Put the engine to sleep during the update (GPU vLLM with `enable_sleep_mode`: KV cache
+            released, weights dropped) and refill it at the next sync.
         fsdp: Shard each decoder layer with FSDP2 when run under `ModelParallelStrategy`.
         gradient_checkpointing: Recompute activations in backward (long responses, large models).
         lora: Train LoRA adapters (peft) instead of all weights; the engine gets the merged weights.
@@ -261,8 +262,8 @@ class RLModule(L.LightningModule):
             failed, cause = 0.0, None
         if all_reduce_scalar(failed, "max") > 0:
             self._fail(f"rollout failed at step {step}" + (f": {cause!r}" if cause else " on another rank"), cause)
-        if self.sleep_engine:
-            self.engine.sleep()
+        if self.sleep_engine and self.engine.sleep():
+            self._synced_version = None  # the sleeping engine dropped its weights
         self.last_rollout = buffer  # what this step sampled, for inspection and tests
         kept = int(all_reduce_scalar(len(buffer), "min"))
         groups = buffer.groups[: min(kept, self.trainer.datamodule.batch_size)]
@@ -277,15 +278,19 @@ class RLModule(L.LightningModule):
         self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, batch_size=1)
 
     def _sync(self) -> float:
+        """Loads the policy into the engine unless it holds this version already, then wakes the engine; returns
+        the seconds spent loading (0 when skipped). Waking after loading keeps the KV cache unmapped while the
+        gathered weights are alive, as TRL and veRL do."""
+        seconds = 0.0
+        if self._synced_version != self._version:
+            start = time.perf_counter()
+            with torch.no_grad():
+                sync_weights(self.model, self.engine, self.sync_bucket_bytes, resolve_dtype(self.engine_args.dtype))
+            self._synced_version = self._version
+            seconds = time.perf_counter() - start
         if self.sleep_engine:
             self.engine.wake_up()
-        if self._synced_version == self._version:
-            return 0.0
-        start = time.perf_counter()
-        with torch.no_grad():
-            sync_weights(self.model, self.engine, self.sync_bucket_bytes, resolve_dtype(self.engine_args.dtype))
-        self._synced_version = self._version
-        return time.perf_counter() - start
+        return seconds
 
     def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
         # the rendered prompt already holds BOS; the engine gets ids so it cannot add a second one

@@ -73,12 +73,15 @@ class RolloutEngine(Protocol):
         """Replaces the model weights (Hugging Face parameter names) and drops any cached prefixes."""
         ...
 
-    def sleep(self) -> None:
-        """Frees accelerator memory between rollouts (a no-op where unsupported)."""
+    def sleep(self) -> bool:
+        """Frees accelerator memory between rollouts; returns whether it did (False where unsupported).
+
+        A sleeping engine may hold no weights: `load_weights`, then `wake_up`, before the next `generate`.
+        """
         ...
 
     def wake_up(self) -> None:
-        """Undoes `sleep`."""
+        """Ends `sleep` (a no-op when awake)."""
         ...
 
     def close(self) -> None:

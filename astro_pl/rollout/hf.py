@@ -169,8 +169,9 @@ class HFEngine:
                     raise KeyError(f"HFEngine.load_weights: the model has no parameter named {name!r}")
                 state[name].copy_(tensor)
 
-    def sleep(self) -> None:
-        """No-op: the model stays where it is."""
+    def sleep(self) -> bool:
+        """No-op (returns False): the model stays where it is."""
+        return False
 
     def wake_up(self) -> None:
         """No-op."""

@@ -97,7 +97,8 @@ class VLLMEngine:
         self._set_num_threads = torch.set_num_threads
         self.llm = vllm.LLM(**engine_kwargs(args, self.cuda))
         self.tokenizer = self.llm.get_tokenizer()
-        self.asleep = False
+        self.asleep = False  # KV cache released (sleep)
+        self.weights_dropped = False  # asleep without weights until load_weights
 
     def sampling_params(self, params: SamplingArgs, seed: int | None):
         return self._vllm.SamplingParams(
@@ -126,22 +127,42 @@ class VLLMEngine:
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(ids))]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Reloads weights in place (Hugging Face names; vLLM fuses qkv/gate-up itself) and drops cached prefixes."""
-        if self.asleep:
-            raise RuntimeError("VLLMEngine.load_weights called while asleep; call wake_up() first")
+        """Reloads weights in place (Hugging Face names; vLLM fuses qkv/gate-up itself) and drops cached prefixes.
+
+        After `sleep` it first maps fresh weight memory (the KV cache stays released until `wake_up`).
+        """
+        if self.weights_dropped:
+            self._wake("weights")
+            self.weights_dropped = False
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors)})
         self.llm.reset_prefix_cache()
 
-    def sleep(self) -> None:
-        """Offloads weights to CPU and drops the KV cache (level 1) on GPU with sleep mode; a no-op otherwise."""
-        if self.sleep_supported and not self.asleep:
-            self.llm.sleep(level=1)
-            self.asleep = True
+    def sleep(self) -> bool:
+        """Releases the KV cache and drops the weights (vLLM sleep level 2) on GPU with sleep mode; else a no-op.
+
+        Returns whether it slept; the engine then holds no weights, so `load_weights` must come before `wake_up`.
+        Level 1 would instead copy every engine's weights to CPU memory (the whole model per TP-1 engine: 16 GB x 8
+        per node for an 8B model) and back, only for the next sync to overwrite them; TRL's colocate mode also
+        drops them.
+        """
+        if not self.sleep_supported or self.asleep:
+            return False
+        self.llm.sleep(level=2)
+        self.asleep = self.weights_dropped = True
+        return True
 
     def wake_up(self) -> None:
+        """Maps the KV cache again. RL calls it after `load_weights`, so the KV cache is not yet mapped while the
+        sync's gathered buckets are alive."""
+        if self.weights_dropped:
+            raise RuntimeError("VLLMEngine.wake_up: the weights were dropped in sleep(); call load_weights first")
         if self.asleep:
-            self.llm.wake_up()
+            self._wake("kv_cache")
             self.asleep = False
+
+    def _wake(self, tag: str) -> None:
+        torch.cuda.empty_cache()  # memory the trainer freed but its caching allocator still holds; vLLM maps its own
+        self.llm.wake_up(tags=[tag])
 
     @property
     def sleep_supported(self) -> bool:

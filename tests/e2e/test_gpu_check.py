@@ -54,10 +54,11 @@ def test_smoke_run_prints_one_json_line_from_real_training_steps(tmp_path):
     losses = [u["loss_last"] for u in updates]
     assert all(math.isfinite(x) for x in losses) and max(losses) - min(losses) < 1e-4 * max(1.0, abs(losses[0]))
 
-    for name in ("rl_fit_unsharded", "rl_fit_fsdp2"):
+    for name in ("rl_fit_unsharded", "rl_fit_fsdp2", "rl_fit_vllm_sleep"):
         fit = result[name]
         assert fit["master_dtypes"] == ["torch.float32"] and fit["proj_weights_moved_frac"] > 0.9, fit
         assert fit["engine_logp_gap"] < 1e-3 and fit["generate_s"] > 0
+    assert result["rl_fit_vllm_sleep"]["sleep_freed_gib"] == 0.0  # sleep mode is GPU-only: nothing to free here
 
     assert result["collectives"]["backend"] == "gloo" and result["collectives"]["collective_device"] == "ok"
     logprobs = result["logprobs"]

@@ -56,7 +56,7 @@ class ScriptedEngine:
         self.loaded.update({n: t.clone() for n, t in named_tensors})
 
     def sleep(self):
-        pass
+        return False
 
     def wake_up(self):
         pass
@@ -117,6 +117,53 @@ def test_sync_is_skipped_when_weights_unchanged(tiny_model_dir, tmp_path):
     module._version += 1
     module._sync()
     assert engine.loads == 2
+
+
+class SleepingEngine(ScriptedEngine):
+    """Keeps the contract of a GPU vLLM engine that sleeps (level 2): asleep it holds no weights, so they must be
+    loaded before `wake_up`, and it only generates awake. Every answer of the first call is right (all groups
+    equal), later ones right by a coin."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, p_right=1.0)
+        self.asleep, self.events = False, []
+
+    def _event(self, name):
+        if not self.events or self.events[-1] != name:  # one "load" per sync, however many buckets
+            self.events.append(name)
+
+    def generate(self, prompts, params):
+        assert not self.asleep and self.loaded, "generate() on an engine without weights or asleep"
+        self._event("generate")
+        out = super().generate(prompts, params)
+        self.p_right = 0.5
+        return out
+
+    def load_weights(self, named_tensors):
+        self._event("load")
+        super().load_weights(named_tensors)
+
+    def sleep(self):
+        self._event("sleep")
+        self.asleep, self.loaded = True, {}
+        return True
+
+    def wake_up(self):
+        if self.asleep:
+            assert self.loaded, "woken without weights"
+            self._event("wake")
+            self.asleep = False
+
+
+def test_sleeping_engine_gets_the_weights_again_before_waking(tiny_model_dir, tmp_path):
+    engine = SleepingEngine(load_tokenizer(str(tiny_model_dir)))
+    module, data, trainer, engine = make(tiny_model_dir, tmp_path, engine=engine, max_steps=1, sleep_engine=True,
+                                         grpo={"dynamic_sampling": True, "max_extra_draws": 0})
+    trainer.fit(module, datamodule=data)
+    # step 0: all groups equal and dropped, so no update: the weights did not change, yet the engine dropped them
+    # in its sleep and is loaded again; step 1 updates (max_steps counts optimiser steps)
+    assert module.rollout_step == 2 and trainer.global_step == 1
+    assert engine.events == ["load", "generate", "sleep", "load", "wake", "generate", "sleep"]
 
 
 def test_dynamic_sampling_draws_more_and_reports_drops(tiny_model_dir, tmp_path):
