@@ -126,6 +126,9 @@ class RLModule(L.LightningModule):
         self.compute_dtype = resolve_dtype(compute_dtype, "--model.compute_dtype")
         self._autocast = False  # set by configure_model: unsharded weights stored wider than compute_dtype
         self.engine_args = engine_args or EngineArgs(model=model_path, dtype=compute_dtype)
+        if sleep_engine and engine == "vllm" and not self.engine_args.enable_sleep_mode:
+            raise ValueError("--model.sleep_engine true needs --model.engine_args.enable_sleep_mode true: a vLLM "
+                             "engine started without sleep mode cannot free its memory")
         grpo = grpo or GRPOArgs()
         sampling = sampling or SamplingArgs(max_tokens=128)
         self.sampling = dataclasses.replace(sampling, n=grpo.group_size, logprobs=True)

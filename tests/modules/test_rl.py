@@ -332,6 +332,11 @@ def test_bad_dtype_names_the_flag(tiny_model_dir, flag):
         RLModule(str(tiny_model_dir), engine="hf", **{flag: "bf16"})
 
 
+def test_sleeping_a_vllm_engine_needs_sleep_mode(tiny_model_dir):
+    with pytest.raises(ValueError, match="--model.sleep_engine true needs --model.engine_args.enable_sleep_mode"):
+        RLModule(str(tiny_model_dir), engine="vllm", sleep_engine=True)
+
+
 def test_skipping_zero_advantage_sequences_gives_the_same_update_with_fewer_passes(tiny_model_dir, tmp_path):
     """Even answers are always right, so their groups have all-equal rewards and advantage 0: skipping them must not
     change the weights (the normalisers still count them), only the number of sequences run."""
