@@ -378,8 +378,9 @@ def rl_fit_check(root: Path, args, sharded: bool, engine: str = "hf") -> dict:
 
     model_dir = tiny_model(root)
     cuda = torch.cuda.is_available()
+    # eager: the section checks sleep and sync, and compiling plus CUDA-graph capture would cost a minute
     engine_args = EngineArgs(model=str(model_dir), dtype="auto", max_model_len=256, gpu_memory_utilization=0.2,
-                             enable_sleep_mode=True, enforce_eager=args.smoke)  # sleep: GPU only
+                             enable_sleep_mode=True, enforce_eager=True)
     module = SleepProbeRL(str(model_dir), engine=engine, engine_args=engine_args, sleep_engine=engine == "vllm",
                           grpo=GRPOArgs(group_size=4, micro_batch_size=8),
                           sampling=SamplingArgs(max_tokens=64, temperature=1.0),
