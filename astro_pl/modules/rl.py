@@ -82,7 +82,8 @@ class RLModule(L.LightningModule):
             above ~3e-4 in size), so plain-bf16 training leaves almost every weight where it was.
         compute_dtype: Dtype of forward/backward ("auto": bf16 on GPUs that have it, float32 on CPU), applied by
             FSDP2's mixed-precision policy when sharded, else by autocast. The engine gets weights in its own dtype.
-        sync_bucket_mb: Most megabytes gathered and sent to the engine at once during weight sync.
+        sync_bucket_mb: Most megabytes gathered and sent to the engine at once during weight sync; buckets hold
+            whole layers, so a layer larger than this goes alone.
         sleep_engine: Put the engine to sleep during the update (GPU vLLM with `enable_sleep_mode`: KV cache
             released, weights dropped) and refill it at the next sync.
         fsdp: Shard each decoder layer with FSDP2 when run under `ModelParallelStrategy`.

@@ -1,16 +1,17 @@
 """Streaming the policy's weights into a rollout engine, in Hugging Face parameter names.
 
 FSDP2 shards every parameter as a DTensor; `full_tensor()` all-gathers one parameter at a time (a collective:
-every rank walks the parameters in the same order), and the gathered tensors go to the engine in buckets of at
-most `bucket_bytes`, so peak extra memory is one bucket, not a full copy of the model. A PEFT LoRA model sends
-W + scale * B @ A under the base weight's original name, computed out of place: merging and unmerging in place
-would add float rounding to the frozen base weights at every sync. Weights go out in the engine's dtype: a float32
-master shard is cast to bf16 before it is gathered, so the all-gather moves half the bytes.
+every rank walks the parameters in the same order), and the gathered tensors go to the engine in buckets of whole
+layers, at most `bucket_bytes` (or one layer), so peak extra memory is one bucket, not a full copy of the model.
+A PEFT LoRA model sends W + scale * B @ A under the base weight's original name, computed out of place: merging and
+unmerging in place would add float rounding to the frozen base weights at every sync. Weights go out in the
+engine's dtype: a float32 master shard is cast to bf16 before it is gathered, so the all-gather moves half the bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import groupby
 
 import torch
 from torch import nn
@@ -58,15 +59,32 @@ def hf_named_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> I
         yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor.to(dtype or tensor.dtype)
 
 
+def layer_of(name: str) -> str:
+    """The numbered layer a parameter belongs to ("model.layers.3" for "model.layers.3.mlp.up_proj.weight"), or the
+    name itself outside numbered layers (embeddings, final norm, lm_head)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return name
+
+
 def weight_buckets(named: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[list]:
-    """Groups (name, tensor) pairs into lists of at most `bucket_bytes` (a larger tensor goes alone)."""
+    """Groups (name, tensor) pairs into lists of at most `bucket_bytes`, never splitting a layer (a layer larger
+    than that goes alone).
+
+    Whole layers because vLLM fuses a layer's q/k/v and gate/up projections into one tensor, and its in-place
+    reload, handed only part of a fused tensor, fills the rest with uninitialised memory: split layers leave the
+    engine generating garbage (tests/rollout/test_engines.py syncs with 1-byte buckets).
+    """
     bucket, size = [], 0
-    for name, tensor in named:
-        nbytes = tensor.numel() * tensor.element_size()
+    for _, layer in groupby(named, key=lambda item: layer_of(item[0])):  # lazily: one layer gathered at a time
+        layer = list(layer)
+        nbytes = sum(tensor.numel() * tensor.element_size() for _, tensor in layer)
         if bucket and size + nbytes > bucket_bytes:
             yield bucket
             bucket, size = [], 0
-        bucket.append((name, tensor))
+        bucket += layer
         size += nbytes
     if bucket:
         yield bucket

@@ -7,7 +7,7 @@ import copy
 import torch
 
 from astro_pl.modules.models import load_causal_lm
-from astro_pl.modules.weight_sync import hf_named_parameters, sync_weights, weight_buckets
+from astro_pl.modules.weight_sync import hf_named_parameters, layer_of, sync_weights, weight_buckets
 
 
 class Recorder:
@@ -16,6 +16,19 @@ class Recorder:
 
     def load_weights(self, named):
         self.buckets.append([(n, t.clone()) for n, t in named])
+
+
+def test_buckets_hold_whole_layers():
+    sizes = {"model.embed_tokens.weight": 40, "model.layers.0.self_attn.q_proj.weight": 40,
+             "model.layers.0.self_attn.k_proj.weight": 40, "model.layers.1.mlp.up_proj.weight": 40,
+             "model.layers.10.mlp.up_proj.weight": 30, "model.norm.weight": 10}
+    named = [(n, torch.zeros(size, dtype=torch.uint8)) for n, size in sizes.items()]
+    buckets = [[layer_of(n) for n, _ in b] for b in weight_buckets(iter(named), 100)]
+    # embed (40) + layer 0 (80) > 100; layer 0 (80) + layer 1 (40) > 100; then 40 + 30 + 10
+    assert buckets == [["model.embed_tokens.weight"], ["model.layers.0", "model.layers.0"],
+                       ["model.layers.1", "model.layers.10", "model.norm.weight"]]
+    # a layer above the cap goes alone, whole
+    assert [len(b) for b in weight_buckets(iter(named), 1)] == [1, 2, 1, 1, 1]
 
 
 def test_buckets_respect_the_cap():

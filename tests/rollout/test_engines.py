@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from astro_pl.datamodules.chat import render_prompt
+from astro_pl.modules.weight_sync import sync_weights
 from astro_pl.rollout import RolloutEngine, SamplingArgs
 
 ENGINES = ["vllm_engine", "hf_engine"]
@@ -151,6 +152,27 @@ def test_weight_sync_changes_outputs_and_matches_hf(vllm_engine, hf_engine, prom
         hf_engine.load_weights(original)
     assert ids_of(vllm_engine.generate(prompts, greedy)) == before
     assert ids_of(hf_engine.generate(prompts, greedy)) == before
+
+
+def test_sync_in_smallest_buckets_matches_hf(vllm_engine, hf_engine, prompts):
+    """1-byte buckets: every layer is its own reload. Handed q_proj without k/v_proj (one fused tensor in vLLM),
+    vLLM's reload filled the rest with uninitialised memory and the engine generated garbage."""
+    greedy = SamplingArgs(temperature=0, max_tokens=16)
+    before = ids_of(vllm_engine.generate(prompts, greedy))
+    model = hf_engine.model
+    original = [(name, t.detach().clone()) for name, t in model.state_dict().items()]
+    g = torch.Generator().manual_seed(1)
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        assert sync_weights(model, vllm_engine, bucket_bytes=1) > 3
+        after = ids_of(vllm_engine.generate(prompts, greedy))
+        assert after != before and after == ids_of(hf_engine.generate(prompts, greedy))
+    finally:
+        vllm_engine.load_weights(original)
+        hf_engine.load_weights(original)
+    assert ids_of(vllm_engine.generate(prompts, greedy)) == before
 
 
 def test_hf_load_weights_rejects_unknown_names(hf_engine):
