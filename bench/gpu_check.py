@@ -9,8 +9,8 @@ Sections, each timed on its own and written to `--out` as soon as it ends (a lat
 - `rl_fit`: `RLModule` with the transformers engine on a tiny Llama for 3 rollout steps, once unsharded (autocast)
   and once under FSDP2 (`ModelParallelStrategy`): float32 master weights, bf16 compute, lr 1e-6. Reports whether
   the weights moved, the engine-vs-trainer log-prob gap, loss, sync and generation time.
-- `rl_vllm`: the same loop with `VLLMEngine` (needs vllm) asleep through each update (sleep mode, level 2): the
-  log-prob gap after two sleep / re-sync cycles, and the GPU memory sleeping frees.
+- `rl_vllm`: the same loop with `VLLMEngine` (needs vllm) asleep through each update (sleep mode, level 2) and
+  synced one layer per bucket: the log-prob gap after two sleep / re-sync cycles, and the GPU memory sleep frees.
 - `rl_update`: the real `RLModule` update (gradient checkpointing, clipped-ratio loss, AdamW) of a randomly
   initialised Llama-3.2-1B-shaped model (16 layers, d 2048, GQA 32/8, vocab 128256; 1.24B parameters) on
   synthetic rollouts: 64 responses of log-uniform length 512..8192 after 256-token prompts, micro-batched three
@@ -381,7 +381,9 @@ def rl_fit_check(root: Path, args, sharded: bool, engine: str = "hf") -> dict:
     # eager: the section checks sleep and sync, and compiling plus CUDA-graph capture would cost a minute
     engine_args = EngineArgs(model=str(model_dir), dtype="auto", max_model_len=256, gpu_memory_utilization=0.2,
                              enable_sleep_mode=True, enforce_eager=True)
+    # vLLM: one layer per sync bucket, so the engine's in-place reload runs layer by layer, as it does at 8B
     module = SleepProbeRL(str(model_dir), engine=engine, engine_args=engine_args, sleep_engine=engine == "vllm",
+                          sync_bucket_mb=1e-6 if engine == "vllm" else 256.0,
                           grpo=GRPOArgs(group_size=4, micro_batch_size=8),
                           sampling=SamplingArgs(max_tokens=64, temperature=1.0),
                           optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))
