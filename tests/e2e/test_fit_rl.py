@@ -27,8 +27,10 @@ def wandb_summary(root: Path) -> dict:
 
 def test_fit_rl_two_processes_fsdp_vllm(rl_policy_dir, tmp_path):
     # skipping zero-advantage sequences: ranks then have different numbers of rows to run, and must still run
-    # the same number of passes (fillers), or FSDP's collectives would hang
-    config = rl_config(tmp_path, rl_policy_dir, steps=2, devices=2, grpo={"skip_zero_advantage": True})
+    # the same number of passes (fillers), or FSDP's collectives would hang; syncing one layer per bucket, as an
+    # 8B model does, so the log-prob gap below also checks vLLM's layer-by-layer reload from gathered shards
+    config = rl_config(tmp_path, rl_policy_dir, steps=2, devices=2, grpo={"skip_zero_advantage": True},
+                       model={"sync_bucket_mb": 1e-6})
     result = run_astro("fit", "--config", str(config), timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     meta = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=False)
