@@ -381,9 +381,9 @@ def rl_fit_check(root: Path, args, sharded: bool, engine: str = "hf") -> dict:
     # eager: the section checks sleep and sync, and compiling plus CUDA-graph capture would cost a minute
     engine_args = EngineArgs(model=str(model_dir), dtype="auto", max_model_len=256, gpu_memory_utilization=0.2,
                              enable_sleep_mode=True, enforce_eager=True)
-    # vLLM: one layer per sync bucket, so the engine's in-place reload runs layer by layer, as it does at 8B
+    # one layer per sync bucket, so vLLM's in-place reload runs layer by layer, as it does at 8B
     module = SleepProbeRL(str(model_dir), engine=engine, engine_args=engine_args, sleep_engine=engine == "vllm",
-                          sync_bucket_mb=1e-6 if engine == "vllm" else 256.0,
+                          sync_bucket_mb=1e-6,
                           grpo=GRPOArgs(group_size=4, micro_batch_size=8),
                           sampling=SamplingArgs(max_tokens=64, temperature=1.0),
                           optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))

@@ -478,10 +478,10 @@ class RLModule(L.LightningModule):
                 stats["grad_norm"].append(self._clip_and_step(optimizer, scheduler))
                 stats["loss"].append(total)
         names = [k for k, v in stats.items() if v]
-        means = torch.stack([torch.stack(stats[k]).float().mean() for k in names]).tolist()  # one sync
-        metrics = {f"train/{k}": value for k, value in zip(names, means, strict=True)}
-        ratio_max = torch.stack(stats["ratio_max"]).max().item() if stats["ratio_max"] else 0.0
-        metrics["train/ratio_max"] = ratio_max or 1.0  # 1.0 when no token was counted
+        reduce = {"ratio_max": torch.amax}  # the others are means
+        values = torch.stack([reduce.get(k, torch.mean)(torch.stack(stats[k]).float()) for k in names]).tolist()
+        metrics = {f"train/{k}": value for k, value in zip(names, values, strict=True)}  # one sync above
+        metrics["train/ratio_max"] = metrics.get("train/ratio_max") or 1.0  # 1.0 when no token was counted
         metrics["train/clip_frac"] = metrics.get("train/clip_low", 0.0) + metrics.get("train/clip_high", 0.0)
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         metrics["train/computed_frac"] = computed.float().mean().item()

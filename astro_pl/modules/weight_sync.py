@@ -21,7 +21,7 @@ from astro_pl.rollout.base import RolloutEngine
 
 def _full(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The whole tensor (gathered if sharded), cast to `dtype` first so the gather moves the smaller type."""
-    t = t.detach() if dtype is None else t.detach().to(dtype)
+    t = t.detach().to(dtype or t.dtype)
     full_tensor = getattr(t, "full_tensor", None)
     return full_tensor() if full_tensor is not None else t
 
