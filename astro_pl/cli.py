@@ -6,6 +6,7 @@
     astro fit|validate|test --config configs/<stage>/<name>.yaml   LightningCLI: SFT / RL (astro_pl.training_cli)
     astro eval       --config configs/eval/<name>.yaml      benchmarks and analysis     (astro_pl.evaluation.run)
     astro pipeline   --config configs/quickstart.yaml       search -> SFT -> RL -> eval  (astro_pl.pipeline)
+    astro report     RUN_DIR [--out report.html]          one HTML page per run (astro_pl.evaluation.html_report)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "test": ("astro_pl.training_cli", "main", "test a LightningModule with LightningCLI"),
     "eval": ("astro_pl.evaluation.run", "main", "evaluate a checkpoint on MATH-500 / AMC 2023 / AIME 2024"),
     "pipeline": ("astro_pl.pipeline", "main", "chain search, SFT, RL and evaluation"),
+    "report": ("astro_pl.evaluation.html_report", "main", "write a pipeline run's report.html"),
 }
 
 LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test"}

@@ -7,9 +7,11 @@ a rerun skips finished stages (or restarts at `--start_from`), so a killed pipel
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
+import selectors
 import shlex
 import subprocess
 import sys
@@ -46,23 +48,93 @@ def substitute(text: str, values: dict[str, str]) -> str:
     return text
 
 
+BAR = re.compile(r"\|\s*[\d.]+[kMGT]?/(?:[\d.]+[kMGT]?|\?) \[")  # tqdm's "| 5/12 [" or "| 0/? ["
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def bar_label(segment: str) -> str | None:
+    """The label of a tqdm progress bar ("Epoch #" for "Epoch 3: 40%|...", digits folded so one loop's bars share
+    it), or None when the segment is not a progress bar."""
+    if not BAR.search(segment):
+        return None
+    return re.sub(r"\d+", "#", segment.split(":", 1)[0].split("%", 1)[0]).strip()
+
+
+class StageConsole:
+    """What a person sees of a stage: its stdout lines (a command's results), and one progress line, redrawn in
+    place, showing the progress bar drawn most often so far (the stage's main loop, not a weight-loading bar).
+    stderr (library logs, warnings) and every other bar only reach the log, which gets both streams verbatim."""
+
+    def __init__(self, console, log) -> None:
+        self.console, self.log = console, log
+        self.pending = {"stdout": "", "stderr": ""}
+        self.redraws: dict[str, int] = {}
+        self.shown = ""  # the progress line on the console now ("" when none)
+        self.recent: list[str] = []  # last diagnostic lines, shown when the stage fails
+
+    def feed(self, stream: str, text: str) -> None:
+        self.log.write(text.encode("utf-8", "replace"))
+        *segments, self.pending[stream] = re.split(r"(?<=[\r\n])", self.pending[stream] + text)
+        for segment in segments:
+            self.segment(stream, ANSI.sub("", segment).rstrip("\r\n"))
+
+    def segment(self, stream: str, text: str) -> None:
+        label = bar_label(text)
+        if label is not None:
+            self.redraws[label] = self.redraws.get(label, 0) + 1
+            if self.redraws[label] >= max(self.redraws.values()):
+                self.draw(text.rstrip())
+        elif stream == "stdout" and text.strip():
+            self.end_line()
+            self.console.write(text + "\n")
+        elif text.strip():
+            self.recent = (self.recent + [text])[-20:]
+
+    def draw(self, text: str) -> None:
+        self.console.write("\r" + text.ljust(len(self.shown)))
+        self.shown = text
+
+    def end_line(self) -> None:
+        if self.shown:
+            self.console.write("\n")
+            self.shown = ""
+        self.console.flush()
+
+    def close(self) -> None:
+        for stream, rest in self.pending.items():
+            if rest:
+                self.segment(stream, ANSI.sub("", rest))
+        self.end_line()
+
+
 def run_stage(stage: Stage, values: dict[str, str], log_dir: Path) -> float:
-    """Runs one stage, streaming its output to the console and to `<log_dir>/<name>.log`; returns seconds."""
+    """Runs one stage: prints its command, one progress line and its results (see `StageConsole`), and writes
+    everything it prints to `<log_dir>/<name>.log`; returns seconds. A failed stage shows its last log lines."""
     argv = [sys.executable, "-m", "astro_pl.cli", *(substitute(a, values) for a in stage.command)]
     print(f"\n=== stage {stage.name}: astro {shlex.join(argv[3:])}", flush=True)
     log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{stage.name}.log"
     start = time.perf_counter()
-    with (log_dir / f"{stage.name}.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        # Chunks, not lines: progress bars redraw with "\r" and would otherwise show only when a stage ends.
-        while chunk := proc.stdout.read1(65536):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            log.write(chunk)
+    with log_path.open("wb") as log:
+        console = StageConsole(sys.stdout, log)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        streams = {proc.stdout: "stdout", proc.stderr: "stderr"}
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in streams.values()}
+        with selectors.DefaultSelector() as selector:
+            for pipe in streams:
+                selector.register(pipe, selectors.EVENT_READ)
+            while selector.get_map():
+                for key, _ in selector.select():
+                    # chunks, not lines: progress bars redraw with "\r" and would otherwise show only at the end
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    console.feed(streams[key.fileobj], decoders[streams[key.fileobj]].decode(chunk, final=not chunk))
         code = proc.wait()
+        console.close()
     if code != 0:
-        raise SystemExit(f"stage {stage.name!r} failed with exit code {code}; log: {log_dir / (stage.name + '.log')}")
+        print("\n".join(console.recent), file=sys.stderr)
+        raise SystemExit(f"stage {stage.name!r} failed with exit code {code}; log: {log_path}")
     return time.perf_counter() - start
 
 
@@ -118,6 +190,7 @@ def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from
                                                                     stage.artifacts.items()}}
         if stage.summary:
             record |= read_eval_summary(Path(substitute(stage.summary, values)), stage.benchmark)
+            record["eval_summary"] = substitute(stage.summary, values)  # for `astro report`
         results[stage.name] = record
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps({"seed": seed, "stages": results}, indent=2))
@@ -179,4 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     stages = [Stage(**vars(s)) if not isinstance(s, Stage) else s for s in parser.instantiate_classes(cfg).stages]
     run_pipeline(stages, cfg.output_dir, cfg.seed, cfg.start_from)
+    from astro_pl.evaluation.html_report import write_run_report
+
+    print(f"report: {write_run_report(cfg.output_dir)}", flush=True)
     return 0

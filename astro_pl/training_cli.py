@@ -4,21 +4,96 @@
     astro fit --config configs/sft/synthetic.yaml --ckpt_path last     # resume (same W&B run)
     astro fit --config configs/sft/synthetic.yaml --print_config       # complete YAML that runs as is
 
-Every run also gets `WandbRunId` (the W&B run id goes into each checkpoint, and a resumed run continues that run)
-and, unless the config names a ModelCheckpoint, an `AtomicCheckpoint` saving `last` as a crash-safe link.
-The DataModule shards batches across ranks itself (resumable), so Lightning's DistributedSampler is off by default.
+Every run also gets `WandbRunId` (the W&B run id goes into each checkpoint, and a resumed run continues that run);
+unless the config names its own, an `AtomicCheckpoint` saving `last` as a crash-safe link and a plain `ModelSummary`
+(logged to stderr, where rich's default prints on stdout, which carries a command's results); and, beside the
+configured loggers, a `MetricsFileLogger` writing `<default_root_dir>/metrics.jsonl` (what `astro report` plots,
+with no W&B server). The DataModule shards batches across ranks itself (resumable), so Lightning's
+DistributedSampler is off by default. A fit ends by printing the progress-bar metrics of its last step.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+
 from jsonargparse import set_parsing_settings
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from astro_pl.modules.checkpointing import AtomicCheckpoint, WandbRunId, continue_wandb_run, read_run_id
+
+METRICS_FILENAME = "metrics.jsonl"
+
+
+class MetricsFileLogger(Logger):
+    """Appends every logged step to `<save_dir>/metrics.jsonl`: {"step": s, "<metric>": value, ...} per line.
+
+    A run's curves then live in its own folder, readable without W&B. A resumed run appends after the old lines, so
+    a step can appear twice: the later line is the resumed run's. Non-finite values are written as null.
+
+    Args:
+        save_dir: Folder of metrics.jsonl (created on the first write).
+        run: The logger this one sits beside; its version is this one's, so the progress bar's `v_num` stays the
+            W&B run's.
+    """
+
+    def __init__(self, save_dir: str, run: Logger | None = None) -> None:
+        super().__init__()
+        self._save_dir, self._run = save_dir, run
+
+    @property
+    def name(self) -> str:
+        return "metrics"
+
+    @property
+    def version(self) -> str | int | None:
+        return self._run.version if self._run is not None else None
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def path(self) -> Path:
+        return Path(self._save_dir) / METRICS_FILENAME
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row: dict = {"step": step}
+        for key, value in metrics.items():
+            value = float(value)
+            row[key] = value if math.isfinite(value) else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """Hyperparameters are in the config.yaml LightningCLI saves beside."""
+
+
+def prepare_wandb(logger: WandbLogger) -> None:
+    """Starts W&B without its two spurious warnings: Lightning passes `anonymous=None`, which wandb >= 0.19 warns
+    is deprecated even when unset; and wandb looks for a git repository in the run folder before creating it
+    ("git root ... does not exist"). With the folder made first, it finds the checkout's commit when there is one."""
+    if logger._wandb_init.get("anonymous") is None:  # WandbLogger has no public way to leave it unset
+        logger._wandb_init.pop("anonymous", None)
+    if logger.save_dir:
+        Path(logger.save_dir).mkdir(parents=True, exist_ok=True)
+
+
+def format_final_metrics(step: int, metrics: dict[str, float]) -> str:
+    """A one-row Markdown table of a fit's last progress-bar metrics."""
+    header = ["step", *metrics]
+    cells = [str(step), *(f"{float(v):.4g}" for v in metrics.values())]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---:|" * len(header), "| " + " | ".join(cells) + " |"])
 
 
 class AstroCLI(LightningCLI):
@@ -28,11 +103,23 @@ class AstroCLI(LightningCLI):
         parser.set_defaults({"trainer.use_distributed_sampler": False})
 
     def instantiate_trainer(self, **kwargs):
-        callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         callbacks.append(WandbRunId())
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(AtomicCheckpoint(save_last="link", every_n_train_steps=100))
+        if config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
+            callbacks.append(ModelSummary())
+        loggers = config.get("logger")
+        if isinstance(loggers, Logger) or isinstance(loggers, list) and loggers:  # True/False/None: Lightning's
+            loggers = list(loggers) if isinstance(loggers, list) else [loggers]
+            for logger in loggers:
+                if isinstance(logger, WandbLogger):
+                    prepare_wandb(logger)
+            # after the configured ones: checkpoint folders follow the first logger
+            loggers.append(MetricsFileLogger(config.get("default_root_dir") or os.getcwd(), run=loggers[0]))
+            kwargs["logger"] = loggers
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
     def before_fit(self) -> None:
@@ -48,12 +135,24 @@ class AstroCLI(LightningCLI):
                 rank_zero_info(f"resuming W&B run {run_id} from {resolved}")
                 continue_wandb_run(logger, run_id)
 
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.progress_bar_metrics:
+            print(format_final_metrics(self.trainer.global_step, self.trainer.progress_bar_metrics), flush=True)
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs LightningCLI on argv (subcommand first, e.g. ["fit", "--config", "x.yaml"])."""
+    """Runs LightningCLI on argv (subcommand first, e.g. ["fit", "--config", "x.yaml"]).
+
+    W&B runs silently unless WANDB_SILENT is set (its banner and sync hints are not results). Arguments that are
+    this process's own command line reach LightningCLI through sys.argv, so it does not warn about getting both.
+    """
+    os.environ.setdefault("WANDB_SILENT", "true")
+    # RLModule.training_step takes `dataloader_iter` (one step draws as many prompt batches as dynamic sampling
+    # needs); Lightning flags that signature as experimental at every fit
+    warnings.filterwarnings("ignore", message=r".*`dataloader_iter`")
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     AstroCLI(
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,

@@ -246,6 +246,9 @@ class TraceDataModule(L.LightningDataModule):
         rank_zero_info(
             f"SFT data: {self.stats} (over-long examples beyond {self.max_seq_len} tokens were {self.overflow}d)"
         )
+        if "val" not in self.datasets and stage == "fit" and self.trainer is not None:
+            # no validation data, no validation: an empty loader would make Lightning warn at every validation
+            self.trainer.limit_val_batches = 0
 
     def make_loader(self, split: str, shuffle: bool) -> ResumableLoader:
         examples = self.datasets[split]
@@ -272,8 +275,10 @@ class TraceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         return self.make_loader("train", self.shuffle)
 
-    def val_dataloader(self) -> ResumableLoader | list:
-        return self.make_loader("val", False) if "val" in self.datasets else []
+    def val_dataloader(self) -> ResumableLoader:
+        if "val" not in self.datasets:
+            raise ValueError("`astro validate` needs --data.val_file")
+        return self.make_loader("val", False)
 
     def test_dataloader(self) -> ResumableLoader:
         if "test" not in self.datasets:

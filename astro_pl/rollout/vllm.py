@@ -44,8 +44,12 @@ def drop_partial_reload_warnings(record: logging.LogRecord) -> bool:
 
 
 def configure_vllm_env(cuda: bool) -> None:
-    """Sets the environment vLLM reads at start: in-process engine, and on CPU a 1 GiB KV cache unless set."""
+    """Sets the environment vLLM reads at start (a user's own setting wins): in-process engine, on CPU a 1 GiB KV
+    cache, and warnings only, on stderr. vLLM's INFO lines (~60 per engine start, two at every weight sync) and its
+    default stream, stdout, would bury a command's results; read at vLLM's import, so set before it."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if not cuda:
         # Without it vLLM-CPU reserves most of the machine's RAM for the KV cache.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
