@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from scale_helpers import ASTRO, REPO, run, sft_config, wandb_run, wandb_run_files
 
+from astro_pl.evaluation.html_report import metric_curves, read_jsonl
 from tests.datamodules.test_traces import write_traces
 
 STEPS = 8
@@ -91,6 +92,9 @@ def test_sigkill_then_resume_from_last_is_bit_exact_and_continues_the_wandb_run(
     assert len(run_dirs) == 2 and all(d.name.endswith(f"-{run_id}") for d in run_dirs)
     final = wandb_runs(tmp_path)[-1]
     assert final["run_id"] == run_id and final["summary"]["trainer/global_step"] == STEPS - 1
+    # metrics.jsonl holds the killed run's steps, then the resumed run's from its checkpoint on (later lines win)
+    losses = metric_curves(read_jsonl(tmp_path / "metrics.jsonl"))["train/loss"]
+    assert len(losses) == STEPS and losses == metric_curves(read_jsonl(reference / "metrics.jsonl"))["train/loss"]
 
 
 def test_fsdp2_on_two_processes_with_resume_matches_one_process(tiny_model_dir, tmp_path):

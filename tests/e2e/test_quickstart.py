@@ -1,9 +1,11 @@
 """The quickstart pipeline end to end, at toy size: the real configs/quickstart.yaml stages, each shrunk by
-extra flags appended to its command (later flags win), run through `astro pipeline` as subprocesses."""
+extra flags appended to its command (later flags win), run through `astro pipeline` as subprocesses; its console
+stays short and free of library log lines, and it ends with the run's report.html."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,8 @@ SHRINK = {
     "rl": ["--trainer.max_steps", "2", "--model.init_args.sampling.max_tokens", "24", "--data.init_args.batch_size",
            "2", "--model.init_args.grpo.group_size", "2", "--model.init_args.grpo.dynamic_sampling", "false"],
 }
+# library log lines: vLLM's "INFO 11-30 ...", Python warnings ("UserWarning: ..."), W&B's "wandb: ...", c10's "[W1130"
+LIBRARY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|WARN)\b|Warning:|^wandb:|^\[[WE]\d{4}|^\(\w+ pid=\d+\)")
 EVAL_SHRINK = ["--synthetic.num_problems", "3", "--num_samples", "2", "--max_tokens", "24", "--pass_at", "[1, 2]",
                "--maj_at", "[2]"]
 
@@ -46,3 +50,22 @@ def test_quickstart_pipeline_runs_every_stage_and_reports(tmp_path):
     for stage in ("sft", "rl"):
         assert (Path(summary["stages"][stage]["artifacts"]["model"]) / "config.json").exists()
     assert "| rl-eval |" in run.stdout and "summary:" in run.stdout
+
+    # per stage: the command, one progress line (redrawn with "\r"), the result; the rest is in the stage's log
+    console = run.stdout + run.stderr
+    lines = console.split("\n")
+    assert len(lines) < 100, console
+    assert [line for line in lines if LIBRARY_LINE.search(line)] == []
+    assert console.count("=== stage ") == len(config["stages"]) and "| step | reward |" in console
+    assert re.search(r"\| step \| train/loss \|", console) and "Epoch 0: 100%" in console
+    assert "INFO" not in (out / "logs/rl.log").read_text()  # vLLM logs warnings only, unless the user asks
+    assert "Seed set to 1" in (out / "logs/sft.log").read_text()  # Lightning's messages go to the log
+
+    # the training curves beside W&B's files, and the report that reads them
+    assert "train/loss" in (out / "sft/metrics.jsonl").read_text()
+    assert "train/engine_logp_gap" in (out / "rl/metrics.jsonl").read_text()
+    report = (out / "report.html").read_text()
+    assert f"report: {out / 'report.html'}" in run.stdout
+    for title in ("Accuracy per stage", "Accuracy against backtracks", "sft: loss", "rl: reward", "rl: entropy"):
+        assert title in report, title
+    assert (out / "report_trees/tree-0.html").exists() and 'href="report_trees/tree-0.html"' in report
