@@ -52,23 +52,19 @@ BAR = re.compile(r"\|\s*[\d.]+[kMGT]?/(?:[\d.]+[kMGT]?|\?) \[")  # tqdm's "| 5/1
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def bar_label(segment: str) -> str | None:
-    """The label of a tqdm progress bar ("Epoch #" for "Epoch 3: 40%|...", digits folded so one loop's bars share
-    it), or None when the segment is not a progress bar."""
-    if not BAR.search(segment):
-        return None
-    return re.sub(r"\d+", "#", segment.split(":", 1)[0].split("%", 1)[0]).strip()
+def is_bar(segment: str) -> bool:
+    """Whether a line (or "\r"-redrawn segment) is a tqdm progress bar."""
+    return BAR.search(segment) is not None
 
 
 class StageConsole:
-    """What a person sees of a stage: its stdout lines (a command's results), and one progress line, redrawn in
-    place, showing the progress bar drawn most often so far (the stage's main loop, not a weight-loading bar).
-    stderr (library logs, warnings) and every other bar only reach the log, which gets both streams verbatim."""
+    """What a person sees of a stage: its stdout lines (a command's results) and one progress line, redrawn in place
+    with the latest progress bar. stderr (library logs, warnings) only reaches the log, which gets both streams
+    verbatim. Library bars that are not the stage's loop (weight loading and saving) are off in stages (`run_stage`)."""
 
     def __init__(self, console, log) -> None:
         self.console, self.log = console, log
         self.pending = {"stdout": "", "stderr": ""}
-        self.redraws: dict[str, int] = {}
         self.shown = ""  # the progress line on the console now ("" when none)
         self.recent: list[str] = []  # last diagnostic lines, shown when the stage fails
 
@@ -79,20 +75,14 @@ class StageConsole:
             self.segment(stream, ANSI.sub("", segment).rstrip("\r\n"))
 
     def segment(self, stream: str, text: str) -> None:
-        label = bar_label(text)
-        if label is not None:
-            self.redraws[label] = self.redraws.get(label, 0) + 1
-            if self.redraws[label] >= max(self.redraws.values()):
-                self.draw(text.rstrip())
+        if is_bar(text):
+            self.console.write("\r" + text.rstrip().ljust(len(self.shown)))
+            self.shown = text.rstrip()
         elif stream == "stdout" and text.strip():
             self.end_line()
             self.console.write(text + "\n")
         elif text.strip():
             self.recent = (self.recent + [text])[-20:]
-
-    def draw(self, text: str) -> None:
-        self.console.write("\r" + text.ljust(len(self.shown)))
-        self.shown = text
 
     def end_line(self) -> None:
         if self.shown:
@@ -117,7 +107,9 @@ def run_stage(stage: Stage, values: dict[str, str], log_dir: Path) -> float:
     start = time.perf_counter()
     with log_path.open("wb") as log:
         console = StageConsole(sys.stdout, log)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # transformers' weight loading/saving bars would take the progress line from the stage's own loop
+        env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", **os.environ}
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         streams = {proc.stdout: "stdout", proc.stderr: "stderr"}
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in streams.values()}
         with selectors.DefaultSelector() as selector:

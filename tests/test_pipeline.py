@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from astro_pl.pipeline import Stage, StageConsole, bar_label, format_table, run_pipeline, substitute
+from astro_pl.pipeline import Stage, StageConsole, format_table, is_bar, run_pipeline, substitute
 
 
 def test_substitute_replaces_known_placeholders_only():
@@ -21,34 +21,30 @@ def test_format_table_shows_missing_values_as_dash():
     assert "| model | - | - | - | 1 |" in table
 
 
-def test_bar_label_recognises_tqdm_bars_only():
-    assert bar_label("Epoch 3:  40%|████      | 2/5 [00:01<00:02,  1.2it/s, loss=1.0]") == "Epoch #"
-    assert bar_label("Training: |          | 0/? [00:00<?, ?it/s]") == "Training"
-    assert bar_label("Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00, 82.07it/s]") == (
-        "Loading safetensors checkpoint shards")
-    assert bar_label("search: 100%|██████████| 1.2k/1.2k [00:04<00:00, 133.86tree/s]") == "search"
-    assert bar_label("| synthetic | 3 | 0.0 | 22.5 |") is None
-    assert bar_label("WARNING 11-30 [cpu.py:224] Triton is not installed.") is None
+def test_is_bar_recognises_tqdm_bars_only():
+    assert is_bar("Epoch 3:  40%|████      | 2/5 [00:01<00:02,  1.2it/s, loss=1.0]")
+    assert is_bar("Training: |          | 0/? [00:00<?, ?it/s]")
+    assert is_bar("Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00, 82.07it/s]")
+    assert is_bar("search: 100%|██████████| 1.2k/1.2k [00:04<00:00, 133.86tree/s]")
+    assert not is_bar("| synthetic | 3 | 0.0 | 22.5 |")
+    assert not is_bar("WARNING 11-30 [cpu.py:224] Triton is not installed.")
 
 
-def test_stage_console_shows_results_and_the_main_bar_and_logs_everything():
+def test_stage_console_shows_results_and_one_progress_line_and_logs_everything():
     console, log = io.StringIO(), io.BytesIO()
     out = StageConsole(console, log)
-    loading, epoch0, epoch1 = ("Loading weights: 100%|█| 21/21 [00:00]", "Epoch 0:  33%|█| 1/3 [00:01]",
+    loading, epoch0, epoch1 = ("Loading: 100%|█| 21/21 [00:00]", "Epoch 0:  33%|█| 1/3 [00:01]",
                                "Epoch 1:  66%|█| 2/3 [00:02]")
-    chunks = [("stderr", loading + "\r"), ("stderr", loading + "\n"), ("stderr", "WARNING vllm: slow\n[W1130] NUMA\n"),
-              ("stdout", "Epoch 0:   0%| | 0/3 [00:00]\r"), ("stdout", f"{epoch0}\r{epoch1}\r"),
-              ("stderr", "Writing model shards: 100%|█| 1/1 [00:00]\n"), ("stdout", "| step | lo"),
-              ("stdout", "ss |\n")]
+    chunks = [("stderr", loading + "\r"), ("stderr", "WARNING vllm: slow\n[W1130] NUMA\n"),
+              ("stdout", f"\x1b[A{epoch0}\r{epoch1}"), ("stdout", "\r"), ("stdout", "| step | lo"),
+              ("stdout", "ss |\n"), ("stderr", "done\n")]
     for stream, text in chunks:
         out.feed(stream, text)
     out.close()
-    # loading (2 redraws) shows until the epoch bar has as many; the writing bar (1 redraw) never shows; a shorter
-    # bar is padded over the longer one it replaces
-    assert console.getvalue() == (f"\r{loading}\r{loading}\r{epoch0.ljust(len(loading))}\r{epoch1.ljust(len(epoch0))}"
-                                  "\n| step | loss |\n")
+    # each bar redraws the one line (padded over a longer one; ANSI moves dropped), a result line ends it
+    assert console.getvalue() == f"\r{loading}\r{epoch0.ljust(len(loading))}\r{epoch1}\n| step | loss |\n"
     assert log.getvalue().decode() == "".join(text for _, text in chunks)
-    assert out.recent == ["WARNING vllm: slow", "[W1130] NUMA"]
+    assert out.recent == ["WARNING vllm: slow", "[W1130] NUMA", "done"]
 
 
 def test_unknown_start_stage_is_an_error(tmp_path):
@@ -65,8 +61,9 @@ def test_pipeline_runs_skips_finished_and_restarts(tmp_path, capsys):
                   artifacts={"model": "{output_dir}/model"})
     summary = run_pipeline([stage], str(tmp_path / "run"))
     console = capsys.readouterr().out
-    assert "tiny Llama with" in console and "\r" in console  # its result, its progress line
-    assert "Loading weights: 100%" in (tmp_path / "run/logs/model.log").read_text()
+    stage_part = console.split("\n| stage |")[0]
+    assert stage_part.count("\n") == 3 and "tiny Llama with" in stage_part  # blank, command, result
+    assert "Loading weights" not in (tmp_path / "run/logs/model.log").read_text()  # library bars off in stages
     assert (tmp_path / "run/model/config.json").exists()
     assert summary["stages"]["model"]["artifacts"]["model"] == str(tmp_path / "run/model")
     assert json.loads((tmp_path / "run/summary.json").read_text()) == summary
