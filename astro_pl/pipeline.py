@@ -70,6 +70,7 @@ class StageConsole:
 
     def feed(self, stream: str, text: str) -> None:
         self.log.write(text.encode("utf-8", "replace"))
+        self.log.flush()  # `tail -f` on the log follows the stage
         *segments, self.pending[stream] = re.split(r"(?<=[\r\n])", self.pending[stream] + text)
         for segment in segments:
             self.segment(stream, ANSI.sub("", segment).rstrip("\r\n"))
