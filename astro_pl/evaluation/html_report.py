@@ -147,9 +147,17 @@ def eval_dir(record: dict, run_dir: Path) -> Path | None:
 
 
 def resolve(path: str, run_dir: Path) -> Path:
-    """A path as the pipeline recorded it: absolute, relative to the working directory, or to the run folder."""
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() or candidate.exists() else run_dir / candidate
+    """A path as the pipeline recorded it (under its --output_dir, relative to where it ran), found again when the
+    report runs elsewhere or the run folder was moved: the longest tail of it (a folder and a name at least) that
+    exists under `run_dir`."""
+    recorded = Path(path)
+    if recorded.exists():
+        return recorded
+    for start in range(1, len(recorded.parts) - 1):
+        candidate = run_dir.joinpath(*recorded.parts[start:])
+        if candidate.exists():
+            return candidate
+    return recorded
 
 
 def stage_table_html(stages: dict[str, dict]) -> str:

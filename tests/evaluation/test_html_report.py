@@ -160,7 +160,8 @@ class Collector(HTMLParser):
 
 
 def test_report_of_a_run_folder(tmp_path, capsys):
-    run = make_run(tmp_path / "run")
+    run = tmp_path / "moved" / "run"  # the summary's paths name the folder the run was made in
+    shutil.move(make_run(tmp_path / "run"), run)
     assert astro(["report", str(run), "--num_trees", "2"]) == 0
     assert capsys.readouterr().out.strip() == f"report: {run / 'report.html'}"
     page = (run / "report.html").read_text(encoding="utf-8")
