@@ -37,8 +37,10 @@ def test_quickstart_pipeline_runs_every_stage_and_reports(tmp_path):
     out = tmp_path / "run"
     run = subprocess.run([sys.executable, "-m", "astro_pl.cli", "pipeline", "--config", str(small),
                           "--output_dir", str(out), "--seed", "1"],
-                         cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+                         cwd=REPO, capture_output=True, timeout=900)
+    # bytes: text mode would turn the progress line's "\r" redraws into line breaks
+    console = (run.stdout + run.stderr).decode("utf-8", "replace")
+    assert run.returncode == 0, console[-6000:]
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 1
@@ -49,10 +51,9 @@ def test_quickstart_pipeline_runs_every_stage_and_reports(tmp_path):
     assert Path(summary["stages"]["search"]["artifacts"]["traces"]).stat().st_size > 0
     for stage in ("sft", "rl"):
         assert (Path(summary["stages"][stage]["artifacts"]["model"]) / "config.json").exists()
-    assert "| rl-eval |" in run.stdout and "summary:" in run.stdout
+    assert "| rl-eval |" in console and "summary:" in console
 
     # per stage: the command, one progress line (redrawn with "\r"), the result; the rest is in the stage's log
-    console = run.stdout + run.stderr
     lines = console.split("\n")
     assert len(lines) < 100, console
     assert [line for line in lines if LIBRARY_LINE.search(line)] == []
@@ -65,7 +66,7 @@ def test_quickstart_pipeline_runs_every_stage_and_reports(tmp_path):
     assert "train/loss" in (out / "sft/metrics.jsonl").read_text()
     assert "train/engine_logp_gap" in (out / "rl/metrics.jsonl").read_text()
     report = (out / "report.html").read_text()
-    assert f"report: {out / 'report.html'}" in run.stdout
+    assert f"report: {out / 'report.html'}" in console
     for title in ("Accuracy per stage", "Accuracy against backtracks", "sft: loss", "rl: reward", "rl: entropy"):
         assert title in report, title
     assert (out / "report_trees/tree-0.html").exists() and 'href="report_trees/tree-0.html"' in report
