@@ -18,7 +18,7 @@ SHRINK = {
     "search": ["--problems.num_synthetic", "12"],
     "model": ["--hidden_size", "64", "--num_attention_heads", "1", "--num_hidden_layers", "2",
               "--intermediate_size", "128"],
-    "sft": ["--trainer.max_epochs", "1", "--trainer.max_steps", "3"],
+    "sft": ["--trainer.max_epochs", "1", "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1"],
     "rl": ["--trainer.max_steps", "2", "--model.init_args.sampling.max_tokens", "24", "--data.init_args.batch_size",
            "2", "--model.init_args.grpo.group_size", "2", "--model.init_args.grpo.dynamic_sampling", "false"],
 }
