@@ -16,7 +16,8 @@ BASELINE_COLOUR = "#555555"
 
 
 def value_range(values: list[float], floor: float | None = None) -> tuple[float, float]:
-    """(low, high) of the y axis: the data's span, padded by 5%; a flat series gets a span of 1 around its value.
+    """(low, high) of the y axis: the data's span, padded by 5%; a flat series gets a span of 1 around its value
+    (above it when it sits on the floor, so bars of zero stay on the axis).
 
     Args:
         values: The finite values to show.
@@ -26,7 +27,7 @@ def value_range(values: list[float], floor: float | None = None) -> tuple[float,
     if floor is not None:
         low = min(low, floor)
     if high - low < 1e-12:
-        return low - 0.5, high + 0.5
+        return (low, low + 1.0) if floor is not None and low == floor else (low - 0.5, high + 0.5)
     pad = 0.05 * (high - low)
     return (low if floor is not None and low == floor else low - pad), high + pad
 
@@ -122,6 +123,8 @@ def line_chart_svg(title: str, series: dict[str, list[tuple[float, float]]], x_l
     parts = _frame(title, x_label, y_label, y_low, y_high)
     bottom, right = HEIGHT - BOTTOM, WIDTH - RIGHT
     ticks = x_ticks if x_ticks is not None else {x_low + i * (x_high - x_low) / 4: None for i in range(5)}
+    if x_ticks is None and all(float(x).is_integer() for x in xs):  # steps: whole-number ticks only
+        ticks = {float(round(x)): None for x in ticks}
     for x, label in ticks.items():
         px = _scale(x, x_low, x_high, LEFT, right)
         text = escape(label) if label is not None else tick_label(x)

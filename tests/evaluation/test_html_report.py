@@ -82,6 +82,7 @@ def test_pick_samples_prefers_backtracking_answers():
 
 def test_value_range_pads_and_keeps_floor():
     assert value_range([2.0, 2.0]) == (1.5, 2.5)  # flat: a span of 1 around it
+    assert value_range([0.0, 0.0], floor=0.0) == (0.0, 1.0)  # on the floor: above it
     assert value_range([10.0, 20.0], floor=0.0) == (0.0, 21.0)  # 5% of the span 0..20 on top
     low, high = value_range([-1.0, 1.0])
     assert math.isclose(low, -1.1) and math.isclose(high, 1.1)
@@ -94,6 +95,7 @@ def test_charts_place_marks_where_the_numbers_say():
     svg = line_chart_svg("loss", {"sft": [(2, 1.0), (0, 3.0), (1, float("nan"))]}, "step", "loss")
     points = re.search(r'<polyline points="([^"]+)"', svg).group(1).split()
     assert len(points) == 2 and points[0].startswith("56.0,") and points[1].startswith("428.0,")  # sorted by x
+    assert re.findall(r'font-size="10">([\d.]+)</text>', svg)[-3:] == ["0", "1", "2"]  # whole steps on the x axis
     with pytest.raises(ValueError, match="no finite points"):
         line_chart_svg("empty", {"a": [(0, float("inf"))]}, "x", "y")
 
