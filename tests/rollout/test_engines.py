@@ -179,13 +179,16 @@ def test_sync_in_smallest_buckets_matches_hf(vllm_engine, hf_engine, prompts):
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
         records = Records()
         loggers = [logging.getLogger(f"vllm.model_executor.model_loader.reload.{m}") for m in ("layerwise", "inplace")]
-        for logger in loggers:
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:  # INFO too (our runs log vLLM's warnings only), to see the loggers are right
             logger.addHandler(records)
+            logger.setLevel(logging.INFO)
         try:
             assert sync_weights(model, vllm_engine, bucket_bytes=1) > 3
         finally:
-            for logger in loggers:
+            for logger, level in zip(loggers, levels, strict=True):
                 logger.removeHandler(records)
+                logger.setLevel(level)
         assert any("Reloading and processing weights took" in m for m in records.messages)  # the loggers are right
         assert not [m for m in records.messages if "Failed to load weights" in m]
         after = ids_of(vllm_engine.generate(prompts, greedy))
