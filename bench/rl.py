@@ -53,7 +53,7 @@ GOAL_PRECISION = "bf16"
 
 
 def build_model(root: Path, size: str) -> Path:
-    from astro_pl.datamodules.problems import synthetic_arithmetic
+    from astro_pl.data.problems import synthetic_arithmetic
     from astro_pl.modules.tiny_llama import build_tiny_llama, train_tokenizer
 
     texts = [f"{p.problem} Compute step by step.\n\n\\boxed{{{p.answer}}}" for p in synthetic_arithmetic(2000)]
@@ -102,9 +102,9 @@ def run_trl(model_dir: Path, steps: int, root: Path, precision: str) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from astro_pl.datamodules.chat import render_prompt
-    from astro_pl.datamodules.problems import synthetic_arithmetic
-    from astro_pl.modules.models import load_tokenizer
+    from astro_pl.data.chat import render_prompt
+    from astro_pl.data.problems import synthetic_arithmetic
+    from astro_pl.loading import load_tokenizer
     from astro_pl.rewards.math import math_reward
 
     tokenizer = load_tokenizer(str(model_dir))

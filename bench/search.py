@@ -21,8 +21,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from astro_pl.datamodules.problems import synthetic_arithmetic  # noqa: E402
-from astro_pl.modules.models import load_tokenizer  # noqa: E402
+from astro_pl.data.problems import synthetic_arithmetic  # noqa: E402
+from astro_pl.loading import load_tokenizer  # noqa: E402
 from astro_pl.modules.tiny_llama import build_tiny_llama, train_tokenizer  # noqa: E402
 from astro_pl.rewards.math import answers_match  # noqa: E402
 from astro_pl.rollout.base import EngineArgs  # noqa: E402
