@@ -40,8 +40,8 @@ def test_fit_rl_two_processes_fsdp_vllm(rl_policy_dir, tmp_path):
     assert meta["rl_state"]["rollout_step"] == 2 and meta["global_step"] == 2
     summary = wandb_summary(tmp_path / "run")
     for key in ("reward/mean", "reward/correct", "reward/accuracy", "rollout/tokens_per_s",
-                "rollout/groups_dropped_frac", "rollout/truncated_frac", "rollout/backtracks", "train/clip_frac", "train/entropy", "train/computed_frac", "time/sync_s",
-                "time/train_s", "val/accuracy"):
+                "rollout/groups_dropped_frac", "rollout/truncated_frac", "rollout/backtracks", "train/clip_frac",
+                "train/entropy", "train/computed_frac", "time/sync_s", "time/train_s", "val/accuracy"):
         assert key in summary, key
     assert summary["time/sync_s"] > 0  # the second step synced the updated policy
     # ... and the engine sampled from it: its log-probs of the sampled tokens equal the trainer's
