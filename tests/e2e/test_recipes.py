@@ -34,7 +34,8 @@ def test_qwen_recipes_start_from_qwen3_and_rl_from_its_sft_export():
     sft = yaml.safe_load((REPO / "configs/sft/qwen3_8b.yaml").read_text())
     rl = yaml.safe_load((REPO / "configs/rl/qwen3_8b.yaml").read_text())
     assert sft["model"]["init_args"]["model_path"] == sft["data"]["init_args"]["tokenizer_path"] == "Qwen/Qwen3-8B"
-    export = next(c["init_args"]["dirpath"] for c in sft["trainer"]["callbacks"] if c["class_path"].endswith("HFExport"))
+    callbacks = sft["trainer"]["callbacks"]
+    export = next(c["init_args"]["dirpath"] for c in callbacks if c["class_path"].endswith("HFExport"))
     assert rl["model"]["init_args"]["model_path"] == rl["data"]["init_args"]["tokenizer_path"] == export
 
 
