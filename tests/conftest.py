@@ -59,14 +59,21 @@ def tiny_model_dir(tiny_tokenizer_dir) -> Path:
     return build_tiny_llama(tiny_tokenizer_dir, tiny_tokenizer_dir.parent / "model", seed=0)
 
 
-@pytest.fixture(scope="session", params=["qwen2", "qwen3"])
-def tiny_qwen_dir(request, tiny_tokenizer_dir) -> Path:
-    """A randomly initialised 2-layer Qwen2 (q/k/v biases) or Qwen3 (q/k norms, Qwen3-style chat template), hidden
-    128 with 2 query heads sharing 1 key/value head (grouped as in Qwen's releases), in HF format."""
+@pytest.fixture(scope="session")
+def tiny_qwen_dirs(tiny_tokenizer_dir) -> dict[str, Path]:
+    """A randomly initialised 2-layer Qwen2 (q/k/v biases) and Qwen3 (q/k norms, Qwen3-style chat template) by
+    model type, hidden 128 with 2 query heads sharing 1 key/value head (grouped as in Qwen's releases), HF format."""
     from astro_pl.modules.tiny_llama import build_tiny_model
 
-    out = tiny_tokenizer_dir.parent / request.param
-    return build_tiny_model(tiny_tokenizer_dir, out, request.param, seed=0, num_key_value_heads=1)
+    root = tiny_tokenizer_dir.parent
+    return {arch: build_tiny_model(tiny_tokenizer_dir, root / arch, arch, seed=0, num_key_value_heads=1)
+            for arch in ("qwen2", "qwen3")}
+
+
+@pytest.fixture(scope="session", params=["qwen2", "qwen3"])
+def tiny_qwen_dir(request, tiny_qwen_dirs) -> Path:
+    """Each of `tiny_qwen_dirs` in turn."""
+    return tiny_qwen_dirs[request.param]
 
 
 @pytest.fixture(scope="session")

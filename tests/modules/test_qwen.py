@@ -1,5 +1,6 @@
 """Qwen2 (q/k/v biases) and Qwen3 (q/k norms) through the trainer side: a short SFT fit exported and loaded back,
-and the weights a sync sends (whole layers, LoRA merged under base names, FSDP2 shards gathered)."""
+and the weights a sync sends (whole layers, LoRA merged under base names; FSDP2 gathers: tests/modules/
+test_weight_sync.py)."""
 
 from __future__ import annotations
 
@@ -80,16 +81,3 @@ def test_lora_is_sent_merged_under_the_base_names(tiny_qwen_dir):
     for n in names:
         torch.testing.assert_close(sent[n], expected[n])
 
-
-def test_fsdp2_shards_go_out_whole_in_the_engine_dtype(tiny_qwen_dir, tmp_path):
-    import torch.multiprocessing as mp
-
-    from tests.modules.test_weight_sync import _gather_bf16
-
-    out = tmp_path / "sent.pt"
-    mp.spawn(_gather_bf16, args=(str(tiny_qwen_dir), str(tmp_path / "store"), str(out)), nprocs=2)
-    sent = torch.load(out)
-    full = load_causal_lm(str(tiny_qwen_dir), "float32")
-    assert sent.keys() == dict(full.named_parameters()).keys()
-    for name, param in full.named_parameters():
-        assert sent[name].dtype == torch.bfloat16 and torch.equal(sent[name], param.detach().to(torch.bfloat16)), name
