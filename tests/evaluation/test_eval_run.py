@@ -167,7 +167,8 @@ def test_a_cut_off_sample_has_no_answer_even_with_a_correct_earlier_box():
     record = score_sample("synthetic", 0, problem, 0, cut, EvalArgs(model="m", benchmarks=["x"]))
     assert record["answer"] is None and record["correct"] is False and record["finish_reason"] == "length"
     assert record["backtracks"] == 1  # still counted: the text is analysed, only the answer is withheld
-    old_rule = score_sample("synthetic", 0, problem, 0, cut, EvalArgs(model="m", benchmarks=["x"], score_truncated=True))
+    old_rule = score_sample("synthetic", 0, problem, 0, cut,
+                            EvalArgs(model="m", benchmarks=["x"], score_truncated=True))
     assert old_rule["answer"] == "5" and old_rule["correct"] is True
     finished = score_sample("synthetic", 0, problem, 0, cut._replace(finish_reason="stop"),
                             EvalArgs(model="m", benchmarks=["x"]))

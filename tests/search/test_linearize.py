@@ -139,7 +139,8 @@ def test_direct_traces_without_self_checks_hold_no_reflection_phrase():
         assert len(direct) == 2
         for text in direct:
             assert not [p for p in configured_phrases() if p.lower() in text.lower()], text
-            assert text == "Compute 3 * 4 = 12.\n\nThen 2 + 12 = 14. \\boxed{14}\n\nTherefore, the final answer is $\\boxed{14}$."
+            assert text == ("Compute 3 * 4 = 12.\n\nThen 2 + 12 = 14. \\boxed{14}\n\n"
+                            "Therefore, the final answer is $\\boxed{14}$.")
         search = [r["trace"] for r in records if r["kind"] == "search"]
         assert len(search) == 3 and all(Phrases().confirm in t and Phrases().doubt in t for t in search)
     # default: direct traces keep the positive self-check (the ASTRO arm's direct traces)
