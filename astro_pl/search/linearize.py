@@ -154,12 +154,19 @@ def merge_paths(tree: SearchTree, terminal_ids: Sequence[int]) -> list[Event]:
     return events
 
 
+def trace_segments(tree: SearchTree, terminal_ids: Sequence[int], args: TraceArgs, kind: str) -> list[Segment]:
+    """The paragraphs of the trace that visits `terminal_ids` (n* last), as `build_traces` words a trace of `kind`."""
+    phrases = args.phrases
+    if kind == "direct" and not args.direct_self_checks:
+        phrases = replace(phrases, confirm="")
+    return verbalize(tree, merge_paths(tree, terminal_ids), phrases, args.self_check_q)
+
+
 def build_traces(
     tree: SearchTree,
     args: TraceArgs,
     rng: random.Random,
     judge: SoundnessJudge | None = None,
-    rewrite: Callable[[list[Segment]], list[Segment]] | None = None,
     checker: Callable[[str, str], bool] = answers_match,
 ) -> list[dict]:
     """Direct and search trace records of one tree (module docstring has the rules).
@@ -169,8 +176,6 @@ def build_traces(
         args: Counts, backtrack range, self-check threshold and phrases.
         rng: The only source of randomness; the same seed gives the same records.
         judge: Optional self-evaluation filter on correct terminals.
-        rewrite: Optional transition rewrite (e.g. `functools.partial(rewrite_transitions, engine=..., render=...)`);
-            dedupe compares texts before rewriting.
         checker: Answer equivalence that makes two incorrect terminals one attempt (the task's answer checker).
 
     Returns:
@@ -184,7 +189,6 @@ def build_traces(
     if not correct:
         return []
     num_answers = len(group_by_answer(incorrect, checker))
-    direct_phrases = args.phrases if args.direct_self_checks else replace(args.phrases, confirm="")
     plan = ["direct"] * args.num_direct
     if num_answers >= args.min_backtracks:
         plan += ["search"] * args.num_search
@@ -194,9 +198,7 @@ def build_traces(
             k = 0 if kind == "direct" else rng.randint(args.min_backtracks, min(args.max_backtracks, num_answers))
             n_star, wrong = choose_terminals(correct, incorrect, k, rng, checker)
             terminal_ids = [n.id for n in wrong] + [n_star.id]
-            phrases = direct_phrases if kind == "direct" else args.phrases
-            segments = verbalize(tree, merge_paths(tree, terminal_ids), phrases, args.self_check_q)
-            text = join_segments(segments)
+            text = join_segments(trace_segments(tree, terminal_ids, args, kind))
             if args.dedupe and text in seen:
                 continue
             seen.add(text)
@@ -205,7 +207,7 @@ def build_traces(
                     "problem_id": tree.problem_id,
                     "problem": tree.problem,
                     "gold": tree.gold,
-                    "trace": join_segments(rewrite(segments)) if rewrite is not None else text,
+                    "trace": text,
                     "kind": kind,
                     "num_backtracks": len(wrong),
                     "tree_id": tree.problem_id,

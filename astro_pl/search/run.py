@@ -5,9 +5,10 @@
 
 Writes to `out_dir`: trees.jsonl (one tree per problem, appended as each tree finishes), traces.jsonl (the
 linearised, verbalised traces of those trees, only from correct terminals the `--judge` finds sound), run.json
-(settings and problem ids) and summary.json. Crash-safe: a tree's traces are appended before the tree itself, and
-a rerun first drops a torn last line and any traces whose tree was not written, then skips the problems already in
-trees.jsonl, so after a kill no problem is lost or duplicated; a rerun with other settings is refused.
+(settings and problem ids) and summary.json; with `--rewrite.enabled true`, also rewritten.jsonl (`rewrite.py`).
+Crash-safe: a tree's traces are appended before the tree itself, and a rerun first drops a torn last line and any
+traces whose tree was not written, then skips the problems already in trees.jsonl, so after a kill no problem is
+lost or duplicated; a rerun with other settings is refused.
 
 A shard (`--shard I/N`, the contiguous block of problems `astro eval --shard` uses) is such a run in its own folder
 `out_dir/shard-I-of-N`. A problem's tree and traces do not depend on which problems share its run (with the
@@ -44,7 +45,8 @@ from astro_pl.search.proposers import (
     StepProposer,
     TeacherArgs,
 )
-from astro_pl.search.tree import SearchTree, append_tree, read_trees
+from astro_pl.search.rewrite import RewriteArgs, check_rewrite, rewrite_folder
+from astro_pl.search.tree import SearchTree, append_jsonl, append_tree, drop_torn_tail, read_jsonl, read_trees
 from astro_pl.shards import complete_shards, parse_shard, shard_range
 
 
@@ -139,6 +141,7 @@ def build_parser() -> ArgumentParser:
     parser.add_class_arguments(LLMProposerArgs, "llm")
     parser.add_class_arguments(TraceArgs, "traces")
     parser.add_class_arguments(SelfEvalArgs, "self_eval")
+    parser.add_class_arguments(RewriteArgs, "rewrite")
     return parser
 
 
@@ -182,31 +185,6 @@ def build_judge(kind: str, proposer: StepProposer, args: SelfEvalArgs) -> Soundn
 # ---- crash-safe output -------------------------------------------------------------------------------------
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Cuts a last line that a killed writer left without its newline, so later appends start on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; a bad line raises naming the file and line."""
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not a JSON record ({err.msg})") from err
-    return records
-
-
 def resume(trees_path: Path, traces_path: Path) -> set[str]:
     """Repairs the output after a kill and returns the ids of problems whose tree (and traces) are complete."""
     drop_torn_tail(trees_path)
@@ -223,10 +201,7 @@ def resume(trees_path: Path, traces_path: Path) -> set[str]:
 
 def write_tree(tree: SearchTree, traces: list[dict], trees_path: Path, traces_path: Path) -> None:
     """Traces first, then the tree: the tree line is the commit mark that `resume` trusts."""
-    with traces_path.open("a", encoding="utf-8") as f:
-        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in traces)
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(traces_path, traces)
     append_tree(trees_path, tree)
 
 
@@ -369,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             problems = [problems[i] for i in shard_range(len(problems), *shard)]
             out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
         check_judge(cfg.judge, cfg.proposer, problems)
+        check_rewrite(cfg.rewrite, cfg.proposer)
         claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
                                "problem_ids": [p.id for p in problems]})
         proposer, engine = build_proposer(cfg.proposer, cfg.teacher, cfg.llm, cfg.engine_kind, cfg.engine)
@@ -377,9 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
         search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, proposer, cfg.self_eval))
+        if cfg.rewrite.enabled and cfg.rewrite.engine is None:  # the search's model rewrites, still loaded
+            rewrite_folder(out_dir, cfg.rewrite, cfg.traces, proposer.engine, proposer.tokenizer)
     finally:
         if engine is not None:
             engine.close()
+    if cfg.rewrite.enabled and cfg.rewrite.engine is not None:  # its own model, once the search's is closed
+        rewrite_folder(out_dir, cfg.rewrite, cfg.traces)
     finish(out_dir)
     if shard is not None:
         print(f"shard {cfg.shard} done in {out_dir}; after all shards: astro search --merge {cfg.out_dir}")
