@@ -45,7 +45,7 @@ from astro_pl.search.proposers import (
     StepProposer,
     TeacherArgs,
 )
-from astro_pl.search.rewrite import RewriteArgs, check_rewrite, rewrite_folder
+from astro_pl.search.rewrite import REWRITTEN_FILE, RewriteArgs, check_rewrite, rewrite_folder
 from astro_pl.search.tree import SearchTree, append_jsonl, append_tree, drop_torn_tail, read_jsonl, read_trees
 from astro_pl.shards import complete_shards, parse_shard, shard_range
 
@@ -279,8 +279,8 @@ def claim_folder(out_dir: Path, run: dict) -> None:
 
 
 def merge_shards(folder: Path) -> dict:
-    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl,
-    run.json and summary.json, in problem order: the files an unsharded run writes."""
+    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl (and
+    rewritten.jsonl), run.json and summary.json, in problem order: the files an unsharded run writes."""
     shard_dirs = complete_shards(folder, "shard-{i}-of-{n}", "; run astro search --shard I/N for each")
     count = len(shard_dirs)
     runs = []
@@ -293,7 +293,9 @@ def merge_shards(folder: Path) -> dict:
         if changed:
             raise ValueError(f"{folder}: shard {i} of {count} was run with other settings than shard 0 "
                              f"({', '.join(changed[:8])})")
-    trees, traces = [], []
+    rewritten = runs[0]["settings"].get("rewrite", {}).get("enabled", False)  # absent in runs before the option
+    names = ["traces.jsonl"] + ([REWRITTEN_FILE] if rewritten else [])
+    trees, records_of = [], {name: [] for name in names}
     for i, run in enumerate(runs):
         shard_dir = shard_dirs[i]
         by_id = {t.problem_id: t for t in read_trees(shard_dir / "trees.jsonl")} \
@@ -301,13 +303,16 @@ def merge_shards(folder: Path) -> dict:
         if set(by_id) != set(run["problem_ids"]):
             raise ValueError(f"{shard_dir}: {len(set(by_id) & set(run['problem_ids']))} of "
                              f"{len(run['problem_ids'])} trees; rerun shard {i}/{count} to finish it")
-        by_problem: dict[str, list[dict]] = {}
-        for trace in read_jsonl(shard_dir / "traces.jsonl"):
-            by_problem.setdefault(str(trace["problem_id"]), []).append(trace)
-        for problem_id in run["problem_ids"]:
-            trees.append(by_id[problem_id])
-            traces += by_problem.get(problem_id, [])
-    for name, records in (("trees.jsonl", [t.to_dict() for t in trees]), ("traces.jsonl", traces)):
+        trees += [by_id[problem_id] for problem_id in run["problem_ids"]]
+        shard_records = {name: read_jsonl(shard_dir / name) for name in names}
+        if len(shard_records.get(REWRITTEN_FILE, shard_records["traces.jsonl"])) != len(shard_records["traces.jsonl"]):
+            raise ValueError(f"{shard_dir}: {REWRITTEN_FILE} is unfinished; rerun shard {i}/{count} to finish it")
+        for name, records in shard_records.items():
+            by_problem: dict[str, list[dict]] = {}
+            for record in records:
+                by_problem.setdefault(str(record["problem_id"]), []).append(record)
+            records_of[name] += [r for problem_id in run["problem_ids"] for r in by_problem.get(problem_id, [])]
+    for name, records in [("trees.jsonl", [t.to_dict() for t in trees]), *records_of.items()]:
         tmp = folder / f"{name}.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         os.replace(tmp, folder / name)

@@ -229,14 +229,19 @@ def test_tiny_llama_rewrites_through_vllm(search_dir, tmp_path, vllm_engine, tin
     assert counts["traces"] == len(check_rewritten(out)) > 0
 
 
-def test_astro_search_rewrites_with_its_own_hf_engine(tiny_model_dir, tmp_path, capsys):
-    out = tmp_path / "out"
-    assert search_main(["--config", str(REPO / "configs/search/synthetic.yaml"), "--out_dir", str(out),
-                        "--problems.num_synthetic", "2", "--search.iterations", "6", "--rewrite.enabled", "true",
-                        "--rewrite.engine_kind", "hf", "--rewrite.engine.model", str(tiny_model_dir),
-                        "--rewrite.max_tokens", "12", "--rewrite.context_chars", "200"]) == 0
+def test_astro_search_rewrites_with_its_own_hf_engine_and_shards_merge(tiny_model_dir, tmp_path, capsys):
+    argv = ["--config", str(REPO / "configs/search/synthetic.yaml"), "--problems.num_synthetic", "4",
+            "--search.iterations", "6", "--rewrite.enabled", "true", "--rewrite.engine_kind", "hf",
+            "--rewrite.engine.model", str(tiny_model_dir), "--rewrite.max_tokens", "12",
+            "--rewrite.context_chars", "200"]
+    assert search_main([*argv, "--out_dir", str(tmp_path / "whole")]) == 0
     assert '{"rewrite": {"traces": ' in capsys.readouterr().out
-    check_rewritten(out)
+    whole = check_rewritten(tmp_path / "whole")
+    sharded = tmp_path / "sharded"
+    for shard in ("0/2", "1/2"):
+        assert search_main([*argv, "--out_dir", str(sharded), "--shard", shard]) == 0
+    assert search_main(["--merge", str(sharded)]) == 0
+    assert check_rewritten(sharded) == whole  # greedy rewrites of the same traces, combined in problem order
 
 
 def test_rewrite_without_a_model_is_refused_before_the_search(tmp_path, capsys):
