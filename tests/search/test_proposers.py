@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from scripted_engine import ScriptedEngine
 
 from astro_pl.datamodules.problems import Problem, synthetic_arithmetic
 from astro_pl.modules.models import load_tokenizer
 from astro_pl.rewards.math import answers_match
-from astro_pl.rollout.base import Completion
 from astro_pl.search.linearize import TraceArgs, build_traces
 from astro_pl.search.mcts import SearchArgs, search_trees
 from astro_pl.search.proposers import (
@@ -138,38 +138,18 @@ def test_normalise():
     assert normalise([0.0, 0.0]) == [0.5, 0.5]
 
 
-class ScriptedEngine:
-    """A `RolloutEngine` whose samples are scripted per prompt: `steps(prompt)` for step calls (stop strings set),
-    `rollout_text` for rollouts, with a fixed log-prob per token."""
-
-    def __init__(self, steps, rollout_text: str = "So \\boxed{5}"):
-        self.steps, self.rollout_text = steps, rollout_text
-
-    def generate(self, prompts, params):
-        texts = [self.steps(p) if params.stop else [self.rollout_text] * params.n for p in prompts]
-        return [[Completion(t, [1] * max(len(t), 1), [-0.5] * max(len(t), 1) if params.logprobs else [], "stop")
-                 for t in row[: params.n]] for row in texts]
-
-    def load_weights(self, named_tensors):
-        raise NotImplementedError
-
-    def sleep(self):
-        return False
-
-    def wake_up(self):
-        return None
-
-    def close(self):
-        return None
+def scripted_steps(steps, rollout_text: str = "So \\boxed{5}") -> ScriptedEngine:
+    """Step calls (stop strings set) answer `steps(prompt)`; rollouts answer `rollout_text`."""
+    return ScriptedEngine(lambda prompt, params: steps(prompt) if params.stop else [rollout_text] * params.n)
 
 
 def test_llm_proposer_drops_empty_steps(tiny_tokenizer):
-    engine = ScriptedEngine(lambda prompt: ["", "Compute 2 + 3 = 5.", " \n ", "So \\boxed{5}"])
+    engine = scripted_steps(lambda prompt: ["", "Compute 2 + 3 = 5.", " \n ", "So \\boxed{5}"])
     proposer = LLMStepProposer(engine, tiny_tokenizer, LLMProposerArgs(seed=0))
     [steps] = proposer.propose([State("Evaluate 2 + 3.")], 4)
     assert [s.text for s in steps] == ["Compute 2 + 3 = 5.", "So \\boxed{5}"]
     assert [s.terminal for s in steps] == [False, True] and sum(s.prior for s in steps) == pytest.approx(1.0)
-    empty = LLMStepProposer(ScriptedEngine(lambda prompt: ["", "  "]), tiny_tokenizer)
+    empty = LLMStepProposer(scripted_steps(lambda prompt: ["", "  "]), tiny_tokenizer)
     assert empty.propose([State("Evaluate 2 + 3.")], 2) == [[]]
 
 
@@ -182,7 +162,7 @@ def test_a_state_whose_samples_are_all_empty_is_a_dead_end(tiny_tokenizer):
             return ["So \\boxed{5}", "", "So \\boxed{4}"]
         return ["Compute 2 + 3 = 5.", "", "Compute 2 + 3 = 6."]
 
-    proposer = LLMStepProposer(ScriptedEngine(steps), tiny_tokenizer, LLMProposerArgs(seed=0))
+    proposer = LLMStepProposer(scripted_steps(steps), tiny_tokenizer, LLMProposerArgs(seed=0))
     args = SearchArgs(iterations=8, num_children=3, num_rollouts=2, max_depth=5, c_puct=2.0, batch_size=1)
     [tree] = search_trees([Problem("p", "Evaluate 2 + 3.", "5")], proposer, args, answers_match)
     assert all(n.text.strip() for n in tree.nodes[1:]), "no empty node"

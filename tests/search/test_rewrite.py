@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hand_trees import sample_tree
+from scripted_engine import ScriptedEngine
 
 from astro_pl.evaluation.backtracks import count_backtracks, count_reflections
 from astro_pl.modules.models import load_tokenizer
@@ -89,37 +90,26 @@ def test_accept_go_back():
     assert accept_go_back(STEM, done(" x" * 150 + "."), BANNED) is None  # over 200 characters
 
 
-class ScriptedRewriter:
-    """A `RolloutEngine` that rewrites like a careful LLM: a step becomes "I note: <step>", a go-back sentence names
-    the step returned to; one go-back answer is cut off to check that the original stays."""
+def careful_reply(prompt: str, params) -> list[str]:
+    """Rewrites like a careful LLM: a step becomes "I note: <step>", a go-back sentence names the step returned to
+    (then rambles on, which the first-sentence rule cuts)."""
+    if prompt.endswith(STEM):
+        target = prompt.split("Step to go back to:\n")[1].split("\n")[0]
+        return [f" wrote {target.split(' =')[0].lower()}.\nAnd then more."]
+    return ["I note: " + prompt.split("Next step:\n")[1].split("\n")[0].rstrip("]")]
+
+
+class ScriptedRewriter(ScriptedEngine):
+    """`careful_reply` as an engine that dies in call number `fail_after + 1` (a killed run)."""
 
     def __init__(self, fail_after: int | None = None):
-        self.calls, self.fail_after = [], fail_after
+        super().__init__(careful_reply)
+        self.fail_after = fail_after
 
     def generate(self, prompts, params):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("killed")
-        self.calls.append((list(prompts), params))
-        out = []
-        for prompt in prompts:
-            if prompt.endswith(STEM):
-                target = prompt.split("Step to go back to:\n")[1].split("\n")[0]
-                out.append([done(f" wrote {target.split(' =')[0].lower()}.\nAnd then more.")])
-            else:
-                out.append([done("I note: " + prompt.split("Next step:\n")[1].split("\n")[0].rstrip("]"))])
-        return out
-
-    def load_weights(self, named_tensors):
-        raise NotImplementedError
-
-    def sleep(self):
-        return False
-
-    def wake_up(self):
-        return None
-
-    def close(self):
-        return None
+        return super().generate(prompts, params)
 
 
 def test_scripted_rewrite_of_two_trees_in_one_call():
