@@ -270,18 +270,23 @@ def rewrite_folder(out_dir: Path, args: RewriteArgs, traces: TraceArgs, engine: 
     print(f"astro search --rewrite: {len(by_problem) - len(todo)} trees already rewritten in {out_path}, "
           f"{len(todo)} to rewrite")
     if todo:
-        trees = {t.problem_id: t for t in read_trees(out_dir / "trees.jsonl") if t.problem_id in set(todo)}
+        wanted = set(todo)
+        trees = {t.problem_id: t for t in read_trees(out_dir / "trees.jsonl") if t.problem_id in wanted}
         own = args.engine is not None
         if own:
-            engine, tokenizer = build_engine(args.engine_kind, args.engine), load_tokenizer(
-                args.engine.tokenizer or args.engine.model)
+            tokenizer = load_tokenizer(args.engine.tokenizer or args.engine.model)
+            engine = build_engine(args.engine_kind, args.engine)
         if engine is None or tokenizer is None:
             raise ValueError("--rewrite.enabled needs --rewrite.engine.model (or --proposer llm, whose model rewrites)")
         try:
             rewriter = TraceRewriter(engine, lambda text: render_prompt(tokenizer, text), args, traces, checker)
             for start in range(0, len(todo), args.batch_trees):
                 batch = [(trees[pid], by_problem[pid]) for pid in todo[start:start + args.batch_trees]]
-                for records in rewriter.rewrite(batch):
+                try:
+                    rewritten = rewriter.rewrite(batch)
+                except ValueError as err:  # a trace that does not rebuild from its tree
+                    raise ValueError(f"{traces_path}: {err}") from None
+                for records in rewritten:
                     append_jsonl(out_path, records)
         finally:
             if own:

@@ -146,6 +146,14 @@ def test_a_trace_that_does_not_rebuild_from_its_tree_is_refused():
         rewriter.rewrite([(tree, [record])])
 
 
+def test_rewrite_folder_names_the_file_of_a_trace_that_does_not_rebuild(search_dir, tmp_path, tiny_tokenizer):
+    for name in ("trees.jsonl", "traces.jsonl"):
+        (tmp_path / name).write_bytes((search_dir / name).read_bytes())
+    with pytest.raises(ValueError, match=f"{tmp_path / 'traces.jsonl'}: trace of problem .* does not rebuild"):
+        rewrite_folder(tmp_path, RewriteArgs(), TraceArgs(self_check_q=None), ScriptedRewriter(), tiny_tokenizer)
+    assert read_jsonl(tmp_path / REWRITTEN_FILE) == []
+
+
 def test_rewrite_args_name_the_flag():
     with pytest.raises(ValueError, match="--rewrite.batch_trees"):
         RewriteArgs(batch_trees=0)
