@@ -47,6 +47,7 @@ def test_search_recipe_instantiates(path):
     assert (cfg.search.iterations, cfg.search.num_children, cfg.search.num_rollouts, cfg.search.max_depth) == (
         32, 8, 16, 50)  # the reported budget
     assert "--shard" in path.read_text().split("\nout_dir")[0]
+    assert cfg.rewrite.enabled and cfg.rewrite.engine is None  # the paper's step rewrite, by the search model
 
 
 def test_eval_recipe_parses():
