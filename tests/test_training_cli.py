@@ -6,7 +6,8 @@ import json
 
 from lightning.pytorch.loggers import WandbLogger
 
-from astro_pl.training_cli import MetricsFileLogger, format_final_metrics, prepare_wandb
+from astro_pl.modules.metrics_file import MetricsFileLogger
+from astro_pl.training_cli import format_final_metrics, prepare_wandb
 
 
 def test_metrics_file_appends_rows_and_writes_non_finite_as_null(tmp_path):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from astro_pl.evaluation.backtracks import DEFAULT_BACKTRACK_PHRASES, DEFAULT_REFLECTION_PHRASES
 from astro_pl.evaluation.svg_charts import bar_chart_svg, line_chart_svg
+from astro_pl.modules.metrics_file import METRICS_FILENAME
 from astro_pl.search.tree import read_trees
 from astro_pl.search.view import render_tree
-from astro_pl.training_cli import METRICS_FILENAME
 
 REPORT_FILENAME = "report.html"
 TREES_DIRNAME = "report_trees"

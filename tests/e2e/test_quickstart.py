@@ -15,7 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 SHRINK = {
-    "search": ["--problems.num_synthetic", "12"],
+    "search": ["--limit", "12"],
     "model": ["--hidden_size", "64", "--num_attention_heads", "1", "--num_hidden_layers", "2",
               "--intermediate_size", "128"],
     "sft": ["--trainer.max_epochs", "1", "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1"],
@@ -24,7 +24,7 @@ SHRINK = {
 }
 # library log lines: vLLM's "INFO 11-30 ...", Python warnings ("UserWarning: ..."), W&B's "wandb: ...", c10's "[W1130"
 LIBRARY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|WARN)\b|Warning:|^wandb:|^\[[WE]\d{4}|^\(\w+ pid=\d+\)")
-EVAL_SHRINK = ["--synthetic.num_problems", "3", "--num_samples", "2", "--max_tokens", "24", "--pass_at", "[1, 2]",
+EVAL_SHRINK = ["--task.init_args.num_test", "3", "--num_samples", "2", "--max_tokens", "24", "--pass_at", "[1, 2]",
                "--maj_at", "[2]"]
 
 

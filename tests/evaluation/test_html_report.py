@@ -28,8 +28,8 @@ from astro_pl.evaluation.html_report import (
 )
 from astro_pl.evaluation.report import summarize, write_report
 from astro_pl.evaluation.svg_charts import bar_chart_svg, line_chart_svg, value_range
+from astro_pl.modules.metrics_file import MetricsFileLogger
 from astro_pl.search.tree import SearchTree, append_tree
-from astro_pl.training_cli import MetricsFileLogger
 
 BACK = ("Let's go back to", "Let's restart our solution from the beginning.")
 REFLECT = ("But wait, are we solving the problem correctly so far?",)
