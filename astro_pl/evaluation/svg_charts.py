@@ -50,12 +50,14 @@ def _frame(title: str, x_label: str, y_label: str, y_low: float, y_high: float) 
         f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">',
         f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" font-size="13" font-weight="600">{escape(title)}</text>',
     ]
+    step = (y_high - y_low) / 4
+    digits = max(0, 1 - math.floor(math.log10(step)))  # enough decimals that neighbouring ticks differ
     for i in range(5):
-        value = y_low + i * (y_high - y_low) / 4
+        value = y_low + i * step
         y = _scale(value, y_low, y_high, bottom, TOP)
+        label = tick_label(value) if abs(value) >= 1e4 or digits > 4 else f"{value:.{digits}f}"
         parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        parts.append(f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">'
-                     f"{tick_label(value)}</text>")
+        parts.append(f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">{label}</text>')
     parts += [
         f'<line x1="{LEFT}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#333"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{bottom}" stroke="#333"/>',
