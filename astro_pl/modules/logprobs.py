@@ -94,8 +94,8 @@ def linear_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, labe
     and again in backward (as Liger's fused-linear losses do), so memory is O(chunk x V) beside the inputs.
 
     Both outputs are differentiable with respect to `hidden`, `weight` and `bias` (the entropy for an entropy
-    bonus). The product runs in `hidden`'s dtype (bf16 under mixed precision, as the LM head would), the softmax
-    in fp32.
+    bonus). The product runs in the autocast dtype when autocast is on, else in `hidden`'s dtype (what the LM
+    head itself would do); the softmax runs in fp32.
 
     Args:
         hidden: [M, D] last hidden states (after the final norm) of the scored positions.
@@ -112,7 +112,9 @@ def linear_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, labe
         raise ValueError(f"temperature must be > 0, got {temperature}")
     chunk_elements = chunk_elements or HIDDEN_CHUNK_ELEMENTS.get(hidden.device.type, HIDDEN_CHUNK_ELEMENTS["cpu"])
     chunk_positions = max(1, chunk_elements // weight.shape[0])
-    return _FusedLinearLogProbs.apply(hidden, weight, bias, labels, float(temperature), chunk_positions)
+    device = hidden.device.type
+    compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    return _FusedLinearLogProbs.apply(hidden, weight, bias, labels, float(temperature), chunk_positions, compute_dtype)
 
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -125,20 +127,20 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 class _FusedLinearLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature, chunk):
+    def forward(ctx, hidden, weight, bias, labels, temperature, chunk, compute_dtype):
         with torch.autocast(hidden.device.type, enabled=False):  # casts are explicit
-            compute_weight = weight.to(hidden.dtype)
+            compute_weight = weight.to(compute_dtype)
             lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
             entropy, picked = torch.empty_like(lse), torch.empty_like(lse)
             for start in range(0, hidden.shape[0], chunk):
                 rows = slice(start, start + chunk)
-                x = _chunk_logits(hidden[rows], compute_weight, bias, temperature)  # [c, V]
+                x = _chunk_logits(hidden[rows].to(compute_dtype), compute_weight, bias, temperature)  # [c, V]
                 block_lse = torch.logsumexp(x, dim=-1)
                 lse[rows] = block_lse
                 entropy[rows] = block_lse - (torch.exp(x - block_lse[:, None]) * x).sum(-1)  # lse - sum p x
                 picked[rows] = x.gather(-1, labels[rows, None]).squeeze(-1)
         ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy)
-        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.temperature, ctx.chunk, ctx.compute_dtype = temperature, chunk, compute_dtype
         ctx.set_materialize_grads(False)
         return picked - lse, entropy
 
@@ -146,13 +148,14 @@ class _FusedLinearLogProbs(torch.autograd.Function):
     def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, bias, labels, lse, entropy = ctx.saved_tensors
         with torch.autocast(hidden.device.type, enabled=False):
-            compute_weight = weight.to(hidden.dtype)
+            compute_weight = weight.to(ctx.compute_dtype)
             grad_hidden = torch.zeros_like(hidden)
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
             for start in range(0, hidden.shape[0], ctx.chunk):
                 rows = slice(start, start + ctx.chunk)
-                x = _chunk_logits(hidden[rows], compute_weight, bias, ctx.temperature)  # [c, V]
+                block_hidden = hidden[rows].to(ctx.compute_dtype)
+                x = _chunk_logits(block_hidden, compute_weight, bias, ctx.temperature)  # [c, V]
                 p = torch.exp(x - lse[rows, None])
                 # d logp / dx_v = 1[v = label] - p_v;  d H / dx_v = -p_v (log p_v + H);  x = logits / T
                 scale = torch.zeros_like(lse[rows]) if grad_logp is None else grad_logp[rows].float()
@@ -162,10 +165,10 @@ class _FusedLinearLogProbs(torch.autograd.Function):
                     weight_h = grad_entropy[rows].float()[:, None]
                     grad_x = -p * (scale[:, None] + weight_h * (x - lse[rows, None] + entropy[rows, None]))
                 grad_x.scatter_add_(-1, labels[rows, None], scale[:, None])
-                grad_logits = (grad_x / ctx.temperature).to(hidden.dtype)  # [c, V]
-                grad_hidden[rows] = grad_logits @ compute_weight
-                grad_weight += (grad_logits.T @ hidden[rows]).float()
+                grad_logits = (grad_x / ctx.temperature).to(ctx.compute_dtype)  # [c, V]
+                grad_hidden[rows] = (grad_logits @ compute_weight).to(hidden.dtype)
+                grad_weight += (grad_logits.T @ block_hidden).float()
                 if grad_bias is not None:
                     grad_bias += grad_logits.float().sum(0)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight.to(weight.dtype), grad_bias, None, None, None
+        return grad_hidden, grad_weight.to(weight.dtype), grad_bias, None, None, None, None

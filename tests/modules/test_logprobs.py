@@ -89,15 +89,16 @@ def test_fused_linear_log_prob_alone_has_the_hand_worked_value():
     torch.testing.assert_close(entropy, torch.tensor([-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]))
 
 
-def test_fused_linear_in_bf16_under_autocast_gives_bf16_hidden_gradient():
+@pytest.mark.parametrize("hidden_dtype", [torch.bfloat16, torch.float32])
+def test_fused_linear_under_autocast_multiplies_in_bf16_and_keeps_gradient_dtypes(hidden_dtype):
     torch.manual_seed(3)
-    hidden = torch.randn(7, 8).to(torch.bfloat16).requires_grad_()
+    hidden = torch.randn(7, 8).to(hidden_dtype).requires_grad_()
     weight = torch.randn(40, 8).requires_grad_()  # fp32 master weight, as under autocast
     labels = torch.randint(0, 40, (7,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logp, _ = linear_logprobs_and_entropy(hidden, weight, labels, chunk_elements=80)
     logp.sum().backward()
-    logits = (hidden.detach() @ weight.detach().to(torch.bfloat16).T).float()
+    logits = (hidden.detach().to(torch.bfloat16) @ weight.detach().to(torch.bfloat16).T).float()
     ref_logp, _ = direct(logits.unsqueeze(0), labels.unsqueeze(0))
     torch.testing.assert_close(logp.double(), ref_logp[0], rtol=1e-5, atol=1e-5)
-    assert hidden.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
+    assert hidden.grad.dtype == hidden_dtype and weight.grad.dtype == torch.float32

@@ -17,6 +17,7 @@ from astro_pl.datamodules.packing import collate_packed, collate_padded
 from astro_pl.datamodules.traces import TraceDataModule
 from astro_pl.modules.checkpointing import AtomicCheckpoint
 from astro_pl.modules.export import HFExport, export_hf
+from astro_pl.modules.kernels import apply_fused_kernels, liger_usable
 from astro_pl.modules.optim import OptimArgs, warmup_cosine
 from astro_pl.modules.sft import LoraArgs, SFTModule, token_loss_sum
 from tests.datamodules.test_traces import write_traces
@@ -51,10 +52,44 @@ def test_packed_loss_equals_mean_loss_of_examples_run_one_by_one(tiny_model_dir)
 
 
 def test_token_loss_sum_by_hand():
-    # uniform logits over 4 classes: every predicted token costs ln 4; 2 targets (the -100 is skipped)
-    logits = torch.zeros(1, 4, 4)
-    loss, count = token_loss_sum(logits, torch.tensor([[1, 2, -100, 3]]))
+    # zero hidden states -> uniform logits over 4 classes: every predicted token costs ln 4; 2 targets (the -100 is
+    # skipped)
+    loss, count = token_loss_sum(torch.zeros(1, 4, 3), torch.randn(4, 3), torch.tensor([[1, 2, -100, 3]]))
     assert count == 2 and math.isclose(loss.item(), 2 * math.log(4), rel_tol=1e-6)
+
+
+def test_token_loss_sum_equals_cross_entropy_of_full_logits_with_gradients():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(2, 6, 5, requires_grad=True), torch.randn(11, 5, requires_grad=True)
+    labels = torch.randint(0, 11, (2, 6))
+    labels[0, 3] = -100
+    loss, count = token_loss_sum(hidden, weight, labels)
+    loss.backward()
+    plain_hidden, plain_weight = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    logits = plain_hidden @ plain_weight.T
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
+    plain.backward()
+    assert count == 9
+    torch.testing.assert_close(loss, plain)
+    torch.testing.assert_close(hidden.grad, plain_hidden.grad)
+    torch.testing.assert_close(weight.grad, plain_weight.grad)
+
+
+def test_fused_kernels_switch_falls_back_to_pytorch_on_cpu(tmp_path, tiny_model_dir):
+    # liger's Triton kernels need CUDA: on CPU the switch changes nothing, and training runs with the same loss
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    norm_type = type(model.model.norm)
+    assert not liger_usable(torch.device("cpu")) and apply_fused_kernels(model, torch.device("cpu")) is False
+    assert type(model.model.norm) is norm_type
+    heads = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        module = SFTModule(model_path=str(tiny_model_dir), fused_kernels=fused)
+        (tmp_path / str(fused)).mkdir()
+        fit(tmp_path / str(fused), tiny_model_dir, module, HFExport(str(tmp_path / f"out{fused}")), steps=2)
+        assert module._liger is False
+        heads.append(dict(module.model.named_parameters())["lm_head.weight"].detach().clone())
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
 
 
 def test_warmup_cosine_schedule_by_hand():
