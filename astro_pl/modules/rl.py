@@ -38,6 +38,7 @@ from astro_pl.modules.advantages import dynamic_sampling_mask
 from astro_pl.modules.collectives import all_reduce_scalar, generate_shared, ranks_per_engine
 from astro_pl.modules.experience import Group, GroupBuffer
 from astro_pl.modules.grpo_args import GRPOArgs
+from astro_pl.modules.kernels import apply_fused_kernels
 from astro_pl.modules.policy_update import PolicyForward, UpdateFailure, UpdateScale, build_experience, policy_update
 from astro_pl.modules.models import LoraArgs, resolve_dtype
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
@@ -72,6 +73,8 @@ class RLModule(L.LightningModule):
             released, weights dropped) and refill it at the next sync.
         fsdp: Shard each decoder layer with FSDP2 when run under `ModelParallelStrategy`.
         gradient_checkpointing: Recompute activations in backward (long responses, large models).
+        fused_kernels: Liger's RMSNorm, RoPE and SwiGLU kernels where liger-kernel is installed and the policy is
+            on CUDA; elsewhere the PyTorch path. Log-probs never build full logits either way.
         lora: Train LoRA adapters (peft) instead of all weights; the engine gets the merged weights.
         seed: Seeds sampling and mini-batch shuffling (with the step), so reruns and resumes repeat exactly.
         engine_group_size: Consecutive ranks that share one engine and so submit identical requests; None
@@ -93,6 +96,7 @@ class RLModule(L.LightningModule):
         sleep_engine: bool = False,
         fsdp: bool = True,
         gradient_checkpointing: bool = False,
+        fused_kernels: bool = False,
         lora: LoraArgs | None = None,
         seed: int = 0,
         engine_group_size: int | None = None,
@@ -124,7 +128,7 @@ class RLModule(L.LightningModule):
         self.hparams["lora"] = dataclasses.asdict(lora) if lora else None
         self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
         self.sleep_engine, self.use_fsdp, self.seed = sleep_engine, fsdp, seed
-        self.gradient_checkpointing = gradient_checkpointing
+        self.gradient_checkpointing, self.fused_kernels = gradient_checkpointing, fused_kernels
         self.engine_group_size = engine_group_size or ranks_per_engine(self.engine_args)
         if self.engine_group_size < 1:
             raise ValueError(f"--model.engine_group_size must be >= 1, got {engine_group_size}")
@@ -157,6 +161,8 @@ class RLModule(L.LightningModule):
 
         self.tokenizer = load_tokenizer(self.model_path)
         self.model = load_causal_lm(self.model_path, self.dtype_name)
+        if self.fused_kernels:
+            apply_fused_kernels(self.model, self.trainer.strategy.root_device if self._trainer else self.device)
         if self.gradient_checkpointing:
             self.model.config.use_cache = False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
