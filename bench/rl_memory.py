@@ -2,9 +2,10 @@
 
 The same batch on both sides: 8 sequences of a 32-token prompt and a 2048-token response (random token ids; the
 update does not care what the text says), advantages +1 / -1, one optimiser step (AdamW, gradient clipping 1.0)
-of a randomly initialised Llama with a 32K vocabulary (~45M parameters, most of them in the embeddings and the LM
-head, as in small real models), float32, all 8 sequences in one forward/backward pass on both sides, activation
-checkpointing on both (what one runs at long responses; `--no-checkpointing` turns it off on both). TRL's side is
+of a randomly initialised Llama with a 32K vocabulary (28M parameters, most of them in the embeddings and the LM
+head, as in small real models; 2 layers keep the run short on this shared 2-core CPU), float32, all 8 sequences
+in one forward/backward pass on both sides, activation checkpointing on both (what one runs at long responses;
+`--no-checkpointing` turns it off on both). TRL's side is
 `GRPOTrainer.compute_loss` on the batch its generation step would produce, then backward and the optimiser step
 (its `train()` would first generate 16K tokens with `model.generate`, which is not what is measured here).
 
@@ -15,7 +16,7 @@ update(s), minus the RSS just before (model, optimiser object and batch loaded o
 
 Goal (issue 18): ours at most half TRL's peak, at no loss of speed (speed_ratio = TRL's step time / ours).
 
-    .venv/bin/python bench/rl_memory.py [--steps 2] [--vocab 32000] [--response 2048] [--no-checkpointing]
+    .venv/bin/python bench/rl_memory.py [--steps 1] [--vocab 32000] [--response 2048] [--no-checkpointing]
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 SEQUENCES, PROMPT, LR = 8, 32, 1e-5
-MODEL = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
-             intermediate_size=1376, max_position_embeddings=4096, tie_word_embeddings=False)
+MODEL = dict(hidden_size=384, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=6,
+             intermediate_size=1024, max_position_embeddings=4096, tie_word_embeddings=False)
 
 
 class PeakRSS:
@@ -174,7 +175,7 @@ def worker(side: str, vocab: int, response: int, steps: int, checkpointing: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2, help="updates per side (time: the fastest; peak: over all)")
+    parser.add_argument("--steps", type=int, default=1, help="updates per side (time: the fastest; peak: over all)")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--response", type=int, default=2048, help="response tokens per sequence")
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")

@@ -77,8 +77,8 @@ class GRPOArgs:
     """Leave sequences with advantage 0 (groups whose rewards are all equal) out of the forward/backward: their
     loss and gradient are exactly 0, and the normalisers still count them, so the update is the same at a
     fraction of the compute (with G = 4 and accuracy 0.2, 41% of groups). Useful without dynamic sampling (which
-    drops such groups already). Needs beta = 0 and entropy_coef = 0 (those terms have a gradient). The train/ statistics then cover the
-    computed sequences only; see train/computed_frac."""
+    drops such groups already). Needs beta = 0 and entropy_coef = 0 (those terms have a gradient). The train/
+    statistics then cover the computed sequences only; see train/computed_frac."""
     correct_reward: float = 1.0
     """Reward of a correct final answer."""
     incorrect_reward: float = -1.0

@@ -39,9 +39,9 @@ from astro_pl.modules.collectives import all_reduce_scalar, generate_shared, ran
 from astro_pl.modules.experience import Group, GroupBuffer
 from astro_pl.modules.grpo_args import GRPOArgs
 from astro_pl.modules.kernels import apply_fused_kernels
-from astro_pl.modules.policy_update import PolicyForward, UpdateFailure, UpdateScale, build_experience, policy_update
 from astro_pl.modules.models import LoraArgs, resolve_dtype
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
+from astro_pl.modules.policy_update import PolicyForward, UpdateFailure, UpdateScale, build_experience, policy_update
 from astro_pl.modules.weight_sync import sync_weights
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
 
