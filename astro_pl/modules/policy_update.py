@@ -2,8 +2,9 @@
 and the loop of optimiser steps. `RLModule` builds a `PolicyForward` and calls `policy_update`; nothing here knows
 about Lightning beyond the `backward` function it is handed.
 
-Log-probs come from the last hidden states and the LM head's weight (`linear_logprobs_and_entropy`), at the
-response positions only: the [tokens x vocabulary] logits never exist, and prompt positions are never scored. With
+Log-probs come from the last hidden states and the LM head's weight (`linear_logprobs_and_entropy`, run in place
+of the head by `head_output`), at the response positions only: the [tokens x vocabulary] logits never exist, and
+prompt positions are never scored. With
 `grpo.pack_sequences` a micro-batch's sequences are packed into rows (the SFT packing) instead of right-padded.
 
 The loss of a token: PPO's clipped surrogate (token or GSPO sequence ratio), times token- and sequence-level
@@ -28,6 +29,7 @@ from astro_pl.modules.advantages import group_advantages
 from astro_pl.modules.collectives import all_reduce_scalar
 from astro_pl.modules.experience import Experience, Group, pack_experience, plan_micro_batches
 from astro_pl.modules.grpo_args import GRPOArgs
+from astro_pl.modules.lm_head import head_output
 from astro_pl.modules.logprobs import linear_logprobs_and_entropy
 from astro_pl.modules.losses import (
     aggregate_loss,
@@ -81,16 +83,12 @@ class MicroBatchStats(NamedTuple):
     """Mean |trainer - engine| log-prob before the first optimiser step: the sampler's off-policy gap."""
 
 
-NO_LOGITS = torch.empty(0, dtype=torch.long)
-"""`logits_to_keep` that makes a Hugging Face causal LM skip its LM head (the loss applies it in chunks)."""
-
-
 @dataclasses.dataclass
 class PolicyForward:
     """Log-probs and entropies of a micro-batch's counted response tokens under `model`.
 
     Args:
-        model: A Hugging Face causal LM (also under peft or FSDP2) whose output embeddings are a plain Linear.
+        model: A Hugging Face causal LM (also under peft or FSDP2) whose LM head is a plain Linear.
         temperature: The sampling temperature (log-probs match the sampler's distribution); 0 counts as 1.
         autocast_dtype: Compute dtype applied by autocast; None runs in the stored dtype (or FSDP2's policy).
         packed: Pack the micro-batch's sequences into rows instead of right-padding them.
@@ -121,26 +119,17 @@ class PolicyForward:
         else:
             inputs = {"input_ids": mb.input_ids}
             hidden_rows, hidden_cols = rows, cols
+        temperature = self.temperature if self.temperature > 0 else 1.0
+
+        def logprobs(hidden, weight, bias):
+            return torch.stack(linear_logprobs_and_entropy(hidden, weight, labels, temperature, bias))  # [2, M]
+
         # nullcontext, not autocast(enabled=False), which would switch off a Trainer's bf16-mixed autocast
         cast = torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
-        head = output_projection(self.model)
         with cast:
-            out = self.model(**inputs, logits_to_keep=NO_LOGITS.to(device), output_hidden_states=True,
-                             use_cache=False)
-            hidden = out.hidden_states[-1][hidden_rows, hidden_cols]  # [M, D]
-            temperature = self.temperature if self.temperature > 0 else 1.0
-            logp, entropy = linear_logprobs_and_entropy(hidden, head.weight, labels, temperature, head.bias)
+            logp, entropy = head_output(self.model, logprobs, hidden_rows, hidden_cols, **inputs)
         zeros = torch.zeros(mb.response_mask.shape, dtype=torch.float32, device=device)
         return zeros.index_put((rows, cols), logp), zeros.index_put((rows, cols), entropy)
-
-
-def output_projection(model: torch.nn.Module) -> torch.nn.Linear:
-    """The LM head; its weight is read after the model's forward (FSDP2 has then gathered the root's parameters)."""
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear:  # e.g. a LoRA-wrapped head: its weight alone is not the projection
-        raise ValueError(f"the output projection is a {type(head).__name__}, not a plain Linear: leave lm_head out "
-                         "of --model.lora.target_modules")
-    return head
 
 
 def build_experience(groups: Sequence[Group], grpo: GRPOArgs, pad_id: int, device: torch.device) -> Experience:

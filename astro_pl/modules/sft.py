@@ -17,36 +17,28 @@ import torch
 from astro_pl.datamodules.packing import IGNORE_INDEX
 from astro_pl.modules.fsdp import shard_decoder
 from astro_pl.modules.kernels import apply_fused_kernels, liger_linear_cross_entropy_sum
+from astro_pl.modules.lm_head import head_output
 from astro_pl.modules.logprobs import linear_logprobs_and_entropy
 from astro_pl.modules.models import LoraArgs, add_lora, load_causal_lm, load_tokenizer, resolve_dtype
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
-from astro_pl.modules.policy_update import NO_LOGITS, output_projection
 
 
 def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                   bias: torch.Tensor | None = None, liger: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy from the last hidden states, and the number of predicted tokens.
-
-    The LM head is applied in chunks at the predicted positions only (`linear_logprobs_and_entropy`, or Liger's
-    fused kernel with `liger`), so the [B, T, V] logits never exist.
+                   bias: torch.Tensor | None = None, liger: bool = False) -> torch.Tensor:
+    """Summed cross-entropy of `labels` under the LM head applied to `hidden`, in chunks (no [M, V] logits).
 
     Args:
-        hidden: [B, T, D] last hidden states (after the final norm).
+        hidden: [M, D] last hidden states (after the final norm) of the predicting positions.
         weight: [V, D] the LM head's weight; `bias` its optional [V] bias.
-        labels: [B, T] token ids, -100 where no loss is taken; position t is predicted from t - 1.
+        labels: [M] the token each position predicts.
         liger: Use Liger's fused linear cross-entropy (CUDA with liger-kernel only).
 
     Returns:
-        (loss summed over tokens, number of tokens) as scalars.
+        The loss summed over the M tokens.
     """
-    targets = labels[:, 1:]  # [B, T-1]
-    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-    picked = hidden[rows, cols]  # [M, D]
     if liger:
-        loss = liger_linear_cross_entropy_sum(picked, weight, targets[rows, cols], bias)
-    else:
-        loss = -linear_logprobs_and_entropy(picked, weight, targets[rows, cols], bias=bias)[0].sum()
-    return loss, torch.tensor(len(rows), device=labels.device)
+        return liger_linear_cross_entropy_sum(hidden, weight, labels, bias)
+    return -linear_logprobs_and_entropy(hidden, weight, labels, bias=bias)[0].sum()
 
 
 class SFTModule(L.LightningModule):
@@ -120,17 +112,20 @@ class SFTModule(L.LightningModule):
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed token loss, token count) of this rank's micro-batch."""
         autocast = self.compute_dtype != torch.float32 and self.device_mesh is None
+        targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+
+        def loss_sum(hidden, weight, bias):
+            return token_loss_sum(hidden, weight, targets[rows, cols], bias, self._liger)
+
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
-            hidden = self.model(
+            loss = head_output(
+                self.model, loss_sum, rows, cols,
                 input_ids=batch["input_ids"],
                 position_ids=batch["position_ids"],
                 attention_mask=batch.get("attention_mask"),  # None for packed rows: segments come from position ids
-                use_cache=False,
-                logits_to_keep=NO_LOGITS.to(self.device),
-                output_hidden_states=True,
-            ).hidden_states[-1]
-            head = output_projection(self.model)
-            return token_loss_sum(hidden, head.weight, batch["labels"], head.bias, self._liger)
+            )
+        return loss, torch.tensor(len(rows), device=targets.device)
 
     def global_sum(self, value: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(value.detach().float(), reduce_op="sum")
