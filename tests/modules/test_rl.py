@@ -299,7 +299,8 @@ def test_bf16_compute_keeps_rl_sized_steps_only_with_fp32_master_weights(tiny_mo
     module.configure_model()
     before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
     dtypes = []
-    module.model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.logits.dtype))
+    q_proj = module.model.model.layers[0].self_attn.q_proj
+    q_proj.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
     trainer.fit(module, datamodule=data)
     assert dtypes and set(dtypes) == {torch.bfloat16}
     moved = [(v != before[k]).float().mean().item() for k, v in module.model.named_parameters()
@@ -313,7 +314,8 @@ def test_bf16_mixed_precision_trains_fp32_weights_on_cpu(tiny_model_dir, tmp_pat
     module.configure_model()
     before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
     dtypes = []
-    module.model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.logits.dtype))
+    q_proj = module.model.model.layers[0].self_attn.q_proj
+    q_proj.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
     trainer.fit(module, datamodule=data)
     assert dtypes and set(dtypes) == {torch.bfloat16}  # the update's forward ran under autocast
     assert all(p.dtype == torch.float32 for p in module.model.parameters())
@@ -344,7 +346,8 @@ def test_skipping_zero_advantage_sequences_gives_the_same_update_with_fewer_pass
                                               "aggregation": "token_mean"})
         module.configure_model()
         counts = []
-        module.model.register_forward_hook(lambda _m, _i, out, counts=counts: counts.append(out.logits.shape[0]))
+        module.model.get_decoder().register_forward_hook(
+            lambda _m, _i, out, counts=counts: counts.append(out.last_hidden_state.shape[0]))
         trainer.fit(module, datamodule=data)
         weights[skip] = {k: v.detach().clone() for k, v in module.model.named_parameters()}
         rows_run[skip], metrics[skip] = sum(counts), trainer.callback_metrics
