@@ -15,11 +15,12 @@ import lightning as L
 import torch
 
 from astro_pl.datamodules.packing import IGNORE_INDEX
+from astro_pl.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from astro_pl.modules.fsdp import shard_decoder
 from astro_pl.modules.kernels import apply_fused_kernels, liger_linear_cross_entropy_sum
 from astro_pl.modules.lm_head import head_output
 from astro_pl.modules.logprobs import linear_logprobs_and_entropy
-from astro_pl.modules.models import LoraArgs, add_lora, load_causal_lm, load_tokenizer, resolve_dtype
+from astro_pl.modules.lora import LoraArgs, add_lora
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
 
 

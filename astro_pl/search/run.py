@@ -5,9 +5,10 @@
 
 Writes to `out_dir`: trees.jsonl (one tree per problem, appended as each tree finishes), traces.jsonl (the
 linearised, verbalised traces of those trees, only from correct terminals the `--judge` finds sound), run.json
-(settings and problem ids) and summary.json. Crash-safe: a tree's traces are appended before the tree itself, and
-a rerun first drops a torn last line and any traces whose tree was not written, then skips the problems already in
-trees.jsonl, so after a kill no problem is lost or duplicated; a rerun with other settings is refused.
+(settings and problem ids) and summary.json; with `--rewrite.enabled true`, also rewritten.jsonl (`rewrite.py`).
+Crash-safe: a tree's traces are appended before the tree itself, and a rerun first drops a torn last line and any
+traces whose tree was not written, then skips the problems already in trees.jsonl, so after a kill no problem is
+lost or duplicated; a rerun with other settings is refused.
 
 A shard (`--shard I/N`, the contiguous block of problems `astro eval --shard` uses) is such a run in its own folder
 `out_dir/shard-I-of-N`. A problem's tree and traces do not depend on which problems share its run (with the
@@ -30,66 +31,17 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
 from tqdm import tqdm
 
-from astro_pl.datamodules.chat import render_prompt
-from astro_pl.datamodules.problems import Problem, load_benchmark, parse_arithmetic, synthetic_arithmetic
-from astro_pl.rewards.math import answers_match
+from astro_pl.data.chat import render_prompt
+from astro_pl.data.problems import Problem, check_unique_ids
+from astro_pl.rollout import build_engine
 from astro_pl.rollout.base import EngineArgs, RolloutEngine
 from astro_pl.search.linearize import SelfEvaluationJudge, SoundnessJudge, TraceArgs, build_traces
 from astro_pl.search.mcts import SearchArgs, search_trees
-from astro_pl.search.proposers import (
-    ArithmeticStepJudge,
-    LLMProposerArgs,
-    LLMStepProposer,
-    ScriptedArithmeticTeacher,
-    StepProposer,
-    TeacherArgs,
-)
-from astro_pl.search.tree import SearchTree, append_tree, read_trees
+from astro_pl.search.proposers import LLMProposerArgs, LLMStepProposer
+from astro_pl.search.rewrite import REWRITTEN_FILE, RewriteArgs, check_rewrite, rewrite_folder
+from astro_pl.search.tree import SearchTree, append_jsonl, append_tree, drop_torn_tail, read_jsonl, read_trees
 from astro_pl.shards import complete_shards, parse_shard, shard_range
-
-
-@dataclass
-class ProblemArgs:
-    """Which problems to search.
-
-    Args:
-        source: "synthetic" (seeded arithmetic), a benchmark name (math_train, math500, aime24, amc23, gsm8k), a
-            .jsonl/.json/.parquet file, or "hf:NAME[:SPLIT]".
-        limit: Keep only the first `limit` problems.
-        num_synthetic: Number of synthetic problems (source "synthetic" only).
-        min_operations: Fewest operators per synthetic expression.
-        max_operations: Most operators per synthetic expression.
-        operators: Operators of the synthetic expressions ("+-*", or "+-" for tiny models).
-        operand_max: Largest synthetic operand (smaller: fewer arithmetic facts for a tiny model to learn).
-        seed: Seed of the synthetic problems.
-    """
-
-    source: str = "synthetic"
-    limit: int | None = None
-    num_synthetic: int = 64
-    min_operations: int = 2
-    max_operations: int = 4
-    operators: str = "+-*"
-    operand_max: int = 9
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--problems.limit must be >= 0, got {self.limit}")
-
-    def load(self) -> list[Problem]:
-        if self.source == "synthetic":
-            problems = synthetic_arithmetic(
-                self.num_synthetic, self.seed, self.min_operations, self.max_operations,
-                operand_max=self.operand_max, operators=self.operators,
-            )
-            problems = problems[: self.limit] if self.limit is not None else problems
-        else:
-            problems = load_benchmark(self.source, limit=self.limit)
-        duplicates = [pid for pid, count in Counter(p.id for p in problems).items() if count > 1]
-        if duplicates:
-            raise ValueError(f"--problems.source {self.source!r}: duplicate problem ids {duplicates[:5]}")
-        return problems
+from astro_pl.tasks.base import StepProposer, Task, flat_problems
 
 
 @dataclass
@@ -125,53 +77,56 @@ def build_parser() -> ArgumentParser:
                         help="Search only block I of N of the problems (\"I/N\", 0-based) into OUT_DIR/shard-I-of-N.")
     parser.add_argument("--merge", type=str | None, default=None,
                         help="Instead of searching, combine the shard-I-of-N folders of this folder into its files.")
-    parser.add_argument("--proposer", type=Literal["teacher", "llm"], default="teacher",
-                        help="teacher: scripted arithmetic environment; llm: a model through --engine.")
-    parser.add_argument("--engine_kind", type=Literal["vllm", "hf"], default="vllm", help="Rollout engine (llm).")
+    parser.add_subclass_arguments(Task, "task", required=False,
+                                  help="The domain: its problems, prompt and answer check (class_path + init_args).")
+    parser.add_argument("--split", type=Literal["train", "val", "test"], default="train",
+                        help="Which of the task's splits to search.")
+    parser.add_argument("--limit", type=int | None, default=None, help="Search only the first LIMIT problems.")
+    parser.add_argument("--proposer", type=Literal["task", "llm"], default="task",
+                        help="task: the task's scripted teacher (an environment, not a model); llm: a model through "
+                             "--engine.")
     parser.add_argument("--engine", type=EngineArgs | None, default=None, help="Engine to build (llm only).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of trace sampling (per tree: seed and tree id).")
-    parser.add_argument("--judge", type=Literal["none", "teacher", "llm"], default="none",
-                        help="Which correct terminals may be taught: none (all); teacher (the arithmetic environment "
-                             "checks every step, synthetic problems); llm (the search model's self-evaluation).")
-    parser.add_class_arguments(ProblemArgs, "problems")
+    parser.add_argument("--judge", type=Literal["none", "task", "llm"], default="none",
+                        help="Which correct terminals may be taught: none (all); task (the task's soundness judge "
+                             "checks every step); llm (the search model's self-evaluation).")
     parser.add_class_arguments(SearchArgs, "search")
-    parser.add_class_arguments(TeacherArgs, "teacher")
     parser.add_class_arguments(LLMProposerArgs, "llm")
     parser.add_class_arguments(TraceArgs, "traces")
     parser.add_class_arguments(SelfEvalArgs, "self_eval")
+    parser.add_class_arguments(RewriteArgs, "rewrite")
     return parser
 
 
-def build_proposer(kind: str, teacher: TeacherArgs, llm: LLMProposerArgs, engine_kind: str,
-                   engine: EngineArgs | None) -> tuple[StepProposer, RolloutEngine | None]:
-    """The proposer and the engine behind it (None for the teacher), which the caller closes."""
-    if kind == "teacher":
-        return ScriptedArithmeticTeacher(teacher), None
-    if engine is None:
+def build_proposer(kind: str, task: Task, llm: LLMProposerArgs, engine: EngineArgs | None
+                   ) -> tuple[StepProposer, RolloutEngine | None]:
+    """The proposer and the engine behind it (None for a scripted teacher), which the caller closes
+    (`check_choices` has refused a task without a teacher)."""
+    if kind == "task":
+        return task.teacher(), None
+    if engine is None or engine.model is None:
         raise ValueError("--proposer llm needs --engine.model (and optionally the other --engine.* options)")
-    from astro_pl.modules.models import load_tokenizer
-    from astro_pl.rollout import build_engine
+    from astro_pl.loading import load_tokenizer
 
-    rollout_engine = build_engine(engine_kind, engine)
+    rollout_engine = build_engine(engine)
     tokenizer = load_tokenizer(engine.tokenizer or engine.model)
     return LLMStepProposer(rollout_engine, tokenizer, llm), rollout_engine
 
 
-def check_judge(kind: str, proposer: str, problems: list[Problem]) -> None:
-    """Refuses judges that cannot judge these runs, before any engine starts."""
+def check_choices(kind: str, proposer: str, task: Task) -> None:
+    """Refuses a proposer or judge the task cannot give, before the folder is claimed or any engine starts."""
+    if proposer == "task" and task.teacher() is None:
+        raise ValueError(f"--proposer task: {type(task).__name__} has no scripted teacher; use --proposer llm")
     if kind == "llm" and proposer != "llm":
         raise ValueError("--judge llm needs --proposer llm (the search model judges its own solutions)")
-    if kind == "teacher":
-        foreign = next((p for p in problems if parse_arithmetic(p.problem) is None), None)
-        if foreign is not None:
-            raise ValueError(f"--judge teacher checks synthetic arithmetic steps; problem {foreign.id!r} is not "
-                             f"'Evaluate <expr>.' (use --judge llm or none)")
+    if kind == "task" and not task.has_judge:
+        raise ValueError(f"--judge task: {type(task).__name__} has no soundness judge (use --judge llm or none)")
 
 
-def build_judge(kind: str, proposer: StepProposer, args: SelfEvalArgs) -> SoundnessJudge | None:
-    """The step-2 filter of Algorithm 1 (`check_judge` has refused impossible pairs)."""
-    if kind == "teacher":
-        return ArithmeticStepJudge()
+def build_judge(kind: str, task: Task, proposer: StepProposer, args: SelfEvalArgs) -> SoundnessJudge | None:
+    """The step-2 filter of Algorithm 1 (`check_choices` has refused impossible pairs)."""
+    if kind == "task":
+        return lambda tree, node_ids: [task.sound(tree.problem, tree.steps(i)) for i in node_ids]
     if kind == "llm":
         assert isinstance(proposer, LLMStepProposer)
         return SelfEvaluationJudge(proposer.engine, partial(render_prompt, proposer.tokenizer), args.num_samples,
@@ -180,31 +135,6 @@ def build_judge(kind: str, proposer: StepProposer, args: SelfEvalArgs) -> Soundn
 
 
 # ---- crash-safe output -------------------------------------------------------------------------------------
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cuts a last line that a killed writer left without its newline, so later appends start on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; a bad line raises naming the file and line."""
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not a JSON record ({err.msg})") from err
-    return records
 
 
 def resume(trees_path: Path, traces_path: Path) -> set[str]:
@@ -223,10 +153,7 @@ def resume(trees_path: Path, traces_path: Path) -> set[str]:
 
 def write_tree(tree: SearchTree, traces: list[dict], trees_path: Path, traces_path: Path) -> None:
     """Traces first, then the tree: the tree line is the commit mark that `resume` trusts."""
-    with traces_path.open("a", encoding="utf-8") as f:
-        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in traces)
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(traces_path, traces)
     append_tree(trees_path, tree)
 
 
@@ -251,9 +178,10 @@ def search_and_write(problems: list[Problem], proposer: StepProposer, cfg: Names
     done = resume(trees_path, traces_path)
     todo = [p for p in problems if p.id not in done]
     print(f"astro search: {len(done)} problems already done in {out_dir}, {len(todo)} to search")
-    trees = search_trees(todo, proposer, cfg.search, answers_match)
+    trees = search_trees(todo, proposer, cfg.search, cfg.task.check)
     for tree in tqdm(trees, total=len(todo), desc="search", unit="tree"):
-        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge)
+        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge,
+                              checker=cfg.task.check)
         write_tree(tree, traces, trees_path, traces_path)
 
 
@@ -304,8 +232,8 @@ def claim_folder(out_dir: Path, run: dict) -> None:
 
 
 def merge_shards(folder: Path) -> dict:
-    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl,
-    run.json and summary.json, in problem order: the files an unsharded run writes."""
+    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl (and
+    rewritten.jsonl), run.json and summary.json, in problem order: the files an unsharded run writes."""
     shard_dirs = complete_shards(folder, "shard-{i}-of-{n}", "; run astro search --shard I/N for each")
     count = len(shard_dirs)
     runs = []
@@ -318,7 +246,9 @@ def merge_shards(folder: Path) -> dict:
         if changed:
             raise ValueError(f"{folder}: shard {i} of {count} was run with other settings than shard 0 "
                              f"({', '.join(changed[:8])})")
-    trees, traces = [], []
+    rewritten = runs[0]["settings"].get("rewrite", {}).get("enabled", False)  # absent in runs before the option
+    names = ["traces.jsonl"] + ([REWRITTEN_FILE] if rewritten else [])
+    trees, records_of = [], {name: [] for name in names}
     for i, run in enumerate(runs):
         shard_dir = shard_dirs[i]
         by_id = {t.problem_id: t for t in read_trees(shard_dir / "trees.jsonl")} \
@@ -326,13 +256,16 @@ def merge_shards(folder: Path) -> dict:
         if set(by_id) != set(run["problem_ids"]):
             raise ValueError(f"{shard_dir}: {len(set(by_id) & set(run['problem_ids']))} of "
                              f"{len(run['problem_ids'])} trees; rerun shard {i}/{count} to finish it")
-        by_problem: dict[str, list[dict]] = {}
-        for trace in read_jsonl(shard_dir / "traces.jsonl"):
-            by_problem.setdefault(str(trace["problem_id"]), []).append(trace)
-        for problem_id in run["problem_ids"]:
-            trees.append(by_id[problem_id])
-            traces += by_problem.get(problem_id, [])
-    for name, records in (("trees.jsonl", [t.to_dict() for t in trees]), ("traces.jsonl", traces)):
+        trees += [by_id[problem_id] for problem_id in run["problem_ids"]]
+        shard_records = {name: read_jsonl(shard_dir / name) for name in names}
+        if len(shard_records.get(REWRITTEN_FILE, shard_records["traces.jsonl"])) != len(shard_records["traces.jsonl"]):
+            raise ValueError(f"{shard_dir}: {REWRITTEN_FILE} is unfinished; rerun shard {i}/{count} to finish it")
+        for name, records in shard_records.items():
+            by_problem: dict[str, list[dict]] = {}
+            for record in records:
+                by_problem.setdefault(str(record["problem_id"]), []).append(record)
+            records_of[name] += [r for problem_id in run["problem_ids"] for r in by_problem.get(problem_id, [])]
+    for name, records in [("trees.jsonl", [t.to_dict() for t in trees]), *records_of.items()]:
         tmp = folder / f"{name}.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         os.replace(tmp, folder / name)
@@ -348,39 +281,59 @@ def finish(out_dir: Path) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    raw = parser.parse_args(argv)
-    if raw.merge:
-        try:
-            merge_shards(Path(raw.merge))
-        except ValueError as err:
-            parser.error(str(err))
-        return 0
-    try:  # the Args dataclasses and problem loaders raise ValueError naming the flag, or the file, line and field
-        if raw.out_dir is None:
-            raise ValueError("--out_dir is required (or --merge DIR to combine shards)")
-        cfg = parser.instantiate(raw)
-        problems = cfg.problems.load()
-        out_dir, shard = Path(cfg.out_dir), None
-        if cfg.shard is not None:
-
-            shard = parse_shard(cfg.shard)
-            problems = [problems[i] for i in shard_range(len(problems), *shard)]
-            out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
-        check_judge(cfg.judge, cfg.proposer, problems)
-        claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
-                               "problem_ids": [p.id for p in problems]})
-        proposer, engine = build_proposer(cfg.proposer, cfg.teacher, cfg.llm, cfg.engine_kind, cfg.engine)
-    except ValueError as err:
-        parser.error(str(err))
+def search(parser: ArgumentParser, raw: Namespace) -> dict:
+    """Runs (or resumes) the search `raw` describes (`build_parser`'s options) and returns the summary of its
+    folder. Bad settings raise ValueError naming the flag, or the file, line and field."""
+    if raw.out_dir is None:
+        raise ValueError("--out_dir is required (or --merge DIR to combine shards)")
+    if raw.task is None:
+        raise ValueError("--task is required (e.g. --task astro_pl.tasks.ArithmeticTask)")
+    cfg = parser.instantiate(raw)
+    problems = flat_problems(cfg.task, cfg.split, cfg.limit)
+    check_unique_ids(problems, f"--task {cfg.split} split")
+    out_dir, shard = Path(cfg.out_dir), None
+    if cfg.shard is not None:
+        shard = parse_shard(cfg.shard)
+        problems = [problems[i] for i in shard_range(len(problems), *shard)]
+        out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
+    check_choices(cfg.judge, cfg.proposer, cfg.task)
+    check_rewrite(cfg.rewrite, cfg.proposer)
+    claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
+                           "problem_ids": [p.id for p in problems]})
+    proposer, engine = build_proposer(cfg.proposer, cfg.task, cfg.llm, cfg.engine)
     try:
         parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
-        search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, proposer, cfg.self_eval))
+        search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, cfg.task, proposer, cfg.self_eval))
+        if cfg.rewrite.enabled and cfg.rewrite.engine is None:  # the search's model rewrites, still loaded
+            rewrite_folder(out_dir, cfg.rewrite, cfg.traces, proposer.engine, proposer.tokenizer)
     finally:
         if engine is not None:
             engine.close()
-    finish(out_dir)
+    if cfg.rewrite.enabled and cfg.rewrite.engine is not None:  # its own model, once the search's is closed
+        rewrite_folder(out_dir, cfg.rewrite, cfg.traces)
+    summary = finish(out_dir)
     if shard is not None:
         print(f"shard {cfg.shard} done in {out_dir}; after all shards: astro search --merge {cfg.out_dir}")
+    return summary
+
+
+def search_config(config: str | Path, out_dir: str | Path) -> dict:
+    """The search a config file describes, into `out_dir`: `astro search --config CONFIG --out_dir OUT_DIR` as a
+    function (SFT's `TraceDataModule` calls it when it has no traces yet)."""
+    parser = build_parser()
+    raw = parser.parse_path(str(config))
+    raw.out_dir = str(out_dir)
+    return search(parser, raw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    raw = parser.parse_args(argv)
+    try:  # the Args dataclasses and problem loaders raise ValueError naming the flag, or the file, line and field
+        if raw.merge:
+            merge_shards(Path(raw.merge))
+        else:
+            search(parser, raw)
+    except ValueError as err:
+        parser.error(str(err))
     return 0

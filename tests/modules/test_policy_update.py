@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from astro_pl.datamodules.packing import pack_sequences
+from astro_pl.loading import load_causal_lm
 from astro_pl.modules.experience import Group, pack_experience
 from astro_pl.modules.grpo_args import GRPOArgs
 from astro_pl.modules.lm_head import output_projection
-from astro_pl.modules.models import LoraArgs, add_lora, load_causal_lm
+from astro_pl.modules.lora import LoraArgs, add_lora
 from astro_pl.modules.policy_update import PolicyForward, UpdateScale, micro_batch_loss
 from astro_pl.rollout.base import Completion
 
