@@ -30,6 +30,7 @@ from astro_pl.evaluation.backtracks import (
     DEFAULT_REFLECTION_PHRASES,
     count_backtracks,
     count_reflections,
+    grounded_backtracks,
 )
 from astro_pl.evaluation.report import summarize, write_report
 from astro_pl.rewards.math import answers_match, extract_final_answer
@@ -190,6 +191,7 @@ def score_sample(benchmark: str, index: int, problem: Problem, sample: int, comp
         "correct": answer is not None and answers_match(answer, problem.answer),
         "backtracks": count_backtracks(completion.text, args.backtrack_phrases),
         "reflections": count_reflections(completion.text, args.reflection_phrases),
+        "grounded_backtracks": grounded_backtracks(completion.text, args.backtrack_phrases)[0],
         "length": len(completion.token_ids),
         "finish_reason": completion.finish_reason,
         "text": completion.text,
