@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from astro_pl.datamodules.chat import render_prompt
 from astro_pl.datamodules.problems import Problem, load_benchmark, parse_arithmetic, synthetic_arithmetic
+from astro_pl.records import drop_torn_tail, read_jsonl
 from astro_pl.rewards.math import answers_match
 from astro_pl.rollout.base import EngineArgs, RolloutEngine
 from astro_pl.search.linearize import SelfEvaluationJudge, SoundnessJudge, TraceArgs, build_traces
@@ -180,31 +181,6 @@ def build_judge(kind: str, proposer: StepProposer, args: SelfEvalArgs) -> Soundn
 
 
 # ---- crash-safe output -------------------------------------------------------------------------------------
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cuts a last line that a killed writer left without its newline, so later appends start on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; a bad line raises naming the file and line."""
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not a JSON record ({err.msg})") from err
-    return records
 
 
 def resume(trees_path: Path, traces_path: Path) -> set[str]:
