@@ -24,6 +24,7 @@ from pathlib import Path
 from astro_pl.evaluation.metrics import pearson_from_sums
 from astro_pl.evaluation.run import EvalArgs, evaluate, scored_settings
 from astro_pl.evaluation.run import parse_args as parse_eval_args
+from astro_pl.options import parse_dataclass
 
 STEP_IN_NAME = re.compile(r"step[=_-]?(\d+)")
 """The step in a checkpoint's name: `hf-step20`, Lightning's `step=20.ckpt`, `step_20`."""
@@ -203,18 +204,7 @@ def evaluate_checkpoints(args: CheckpointEvalArgs) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> CheckpointEvalArgs:
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog="astro eval-checkpoints", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_class_arguments(CheckpointEvalArgs, as_group=False)
-    config = parser.parse_args(argv).as_dict()
-    config.pop("config", None)
-    try:
-        return CheckpointEvalArgs(**config)
-    except ValueError as e:
-        parser.error(str(e))
+    return parse_dataclass(CheckpointEvalArgs, "astro eval-checkpoints", __doc__.split("\n\n")[0], argv)
 
 
 def main(argv: list[str] | None = None) -> int:

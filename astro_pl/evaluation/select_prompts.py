@@ -33,6 +33,7 @@ from tqdm import tqdm
 from astro_pl.datamodules.chat import render_prompt
 from astro_pl.datamodules.problems import Problem, load_benchmark, synthetic_arithmetic
 from astro_pl.evaluation.run import SyntheticArgs
+from astro_pl.options import parse_dataclass
 from astro_pl.records import drop_torn_tail, read_jsonl
 from astro_pl.rewards.math import answers_match, extract_final_answer
 from astro_pl.rollout import EngineArgs, RolloutEngine, SamplingArgs, build_engine
@@ -276,18 +277,7 @@ def merge_shards(args: SelectArgs) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> SelectArgs:
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
-    parser = ArgumentParser(prog="astro select-prompts", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_class_arguments(SelectArgs, as_group=False)
-    config = parser.instantiate(parser.parse_args(argv)).as_dict()
-    config.pop("config", None)
-    try:
-        return SelectArgs(**config)
-    except ValueError as e:
-        parser.error(str(e))
+    return parse_dataclass(SelectArgs, "astro select-prompts", __doc__.split("\n\n")[0], argv)
 
 
 def main(argv: list[str] | None = None) -> int:
