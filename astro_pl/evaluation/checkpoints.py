@@ -4,12 +4,13 @@
     astro eval-checkpoints --eval_config configs/eval/math.yaml --checkpoints [runs/sft/hf,runs/rl/hf] --steps [0,500]
 
 Each checkpoint (an HF export, or a Lightning .ckpt whose weights replace the eval config's model) is evaluated by
-`astro_pl.evaluation.run.evaluate` into `out_dir/step<N>/`, with the eval config's benchmarks and sampling; a
-checkpoint whose summary.json is there with the same scored settings is not evaluated again, so a killed run
-resumes at the checkpoint it was on. Then `checkpoints.json`, `checkpoints.md` and `checkpoints.png` give, per
-benchmark and RL step, pass@1, mean backtracks, mean length and the grounded-backtrack share, and Pearson r across
-checkpoints of accuracy against backtracks and against length (the paper reports r of about 0.82-0.85; most likely
-measured this way, across checkpoints, rather than per response, which each evaluation's own plot shows).
+`astro_pl.evaluation.run.evaluate` into `out_dir/step<N>/`, with the eval config's benchmarks and sampling, by one
+engine that takes each checkpoint's weights in turn; a checkpoint whose summary.json is there with the same scored
+settings is not evaluated again, so a killed run resumes at the checkpoint it was on. Then `checkpoints.json`,
+`checkpoints.md` and `checkpoints.png` give, per benchmark and RL step, pass@1, mean backtracks, mean length and
+the grounded-backtrack share, and Pearson r across checkpoints of accuracy against backtracks and against length
+(the paper reports r of about 0.82-0.85; most likely measured this way, across checkpoints, rather than per
+response, which each evaluation's own plot shows).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from astro_pl.evaluation.metrics import pearson_from_sums
-from astro_pl.evaluation.run import EvalArgs, evaluate, scored_settings
+from astro_pl.evaluation.run import EvalArgs, build_engine, checkpoint_weights, evaluate, scored_settings
 from astro_pl.evaluation.run import parse_args as parse_eval_args
 from astro_pl.options import parse_dataclass
 
@@ -100,17 +103,51 @@ def eval_args_for(args: CheckpointEvalArgs, path: Path, out_dir: Path) -> EvalAr
     return eval_args
 
 
-def evaluate_once(eval_args: EvalArgs) -> dict:
-    """The summary of a finished evaluation with these settings, else a fresh evaluation's."""
+def finished_summary(eval_args: EvalArgs) -> dict | None:
+    """The summary of a finished evaluation with these settings, None when there is none; other settings raise."""
     path = Path(eval_args.out_dir) / "summary.json"
-    if path.is_file():
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        if summary.get("settings") == scored_settings(eval_args):
-            print(f"astro eval-checkpoints: {path.parent} is done, skipped")
-            return summary
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    if summary.get("settings") != scored_settings(eval_args):
         raise ValueError(f"{path} was written with other settings (model, sampling or benchmarks); remove "
                          f"{path.parent} or choose another --out_dir")
-    return evaluate(eval_args)
+    print(f"astro eval-checkpoints: {path.parent} is done, skipped")
+    return summary
+
+
+def checkpoint_tensors(path: Path, eval_args: EvalArgs) -> Iterator[tuple[str, torch.Tensor]]:
+    """Hugging Face-named weights of a checkpoint: an export's safetensors files, or a Lightning .ckpt's state."""
+    if path.suffix == ".ckpt":
+        yield from checkpoint_weights(path, eval_args.model).items()
+        return
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{path}: no *.safetensors weights (an export of HFExport with merge_lora: true has them)")
+    for file in files:
+        yield from load_file(file).items()
+
+
+def evaluate_all(runs: Sequence[tuple[int, Path, EvalArgs]]) -> list[tuple[int, str, dict]]:
+    """(step, path, summary) of every checkpoint, evaluating those not done with one engine: built for the first,
+    then given each next checkpoint's weights (an engine start can take minutes for a large model)."""
+    engine, summaries = None, []
+    try:
+        for step, path, eval_args in runs:
+            summary = finished_summary(eval_args)
+            if summary is None:
+                if engine is None:
+                    engine = build_engine(eval_args)
+                else:
+                    engine.load_weights(checkpoint_tensors(path, eval_args))
+                summary = evaluate(eval_args, engine=engine)
+            summaries.append((step, str(path), summary))
+    finally:
+        if engine is not None:
+            engine.close()
+    return summaries
 
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -192,8 +229,7 @@ def evaluate_checkpoints(args: CheckpointEvalArgs) -> dict:
     out_dir = Path(args.out_dir)
     checkpoints = find_checkpoints(args)
     runs = [(step, path, eval_args_for(args, path, out_dir / f"step{step}")) for step, path in checkpoints]
-    summaries = [(step, str(path), evaluate_once(eval_args)) for step, path, eval_args in runs]
-    table = across_checkpoints(summaries)
+    table = across_checkpoints(evaluate_all(runs))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "checkpoints.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     text = markdown(table)

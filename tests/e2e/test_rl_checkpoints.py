@@ -54,6 +54,11 @@ def test_rl_exports_every_n_steps_then_eval_checkpoints_resumes(rl_policy_dir, t
     assert (out / "checkpoints.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 2 | synthetic |" in (out / "checkpoints.md").read_text()
     assert (out / "step2" / "backtracks.png").exists()  # the per-response plot of each evaluation stays
+    # one engine took each checkpoint's weights in turn: step 4's samples are those of a fresh `astro eval` of it
+    result = run_astro("eval", "--config", str(eval_config), "--model", str(run / "hf"),
+                       "--out_dir", str(tmp_path / "e"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (tmp_path / "e" / "samples.jsonl").read_text() == (out / "step4" / "samples.jsonl").read_text()
 
     # a rerun evaluates nothing again: every checkpoint's summary is there with the same settings
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("step*/samples.jsonl")}
