@@ -182,17 +182,15 @@ def scored_settings(args: SelectArgs, num_prompts: int) -> dict:
 
 
 def resume(scores: Path, settings_path: Path, settings: dict) -> list[dict]:
-    """Repairs `scores` after a kill and returns its complete records; refuses a run with other settings."""
-    if settings_path.exists():
-        before = json.loads(settings_path.read_text(encoding="utf-8"))
-        if before != settings:
-            changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
-            raise ValueError(f"{settings_path}: this folder was scored with other settings ({', '.join(changed)}); "
-                             "use another --out_dir")
-    else:
-        settings_path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    """Repairs `scores` after a kill and returns its complete records; refuses to add to scores of other settings."""
     drop_torn_tail(scores)
-    return read_jsonl(scores)
+    records = read_jsonl(scores)
+    before = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.exists() else None
+    if records and before != settings:
+        changed = sorted(k for k in settings.keys() | (before or {}).keys() if settings.get(k) != (before or {}).get(k))
+        raise ValueError(f"{scores} holds scores of other settings ({', '.join(changed)}); use another --out_dir")
+    settings_path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    return records
 
 
 def score_prompts(engine: RolloutEngine, tokenizer, items: Sequence[tuple[str, Problem]], todo: Sequence[int],

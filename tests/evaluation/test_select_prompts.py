@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from astro_pl.datamodules.problems import Problem
@@ -9,6 +11,7 @@ from astro_pl.evaluation.select_prompts import (
     SelectArgs,
     consecutive_batches,
     in_band,
+    resume,
     sample_correct,
     score_record,
     select_in_band,
@@ -71,3 +74,20 @@ def test_bad_options_name_the_flag():
         SelectArgs(model="m", benchmarks=["x"], num_samples=0)
     with pytest.raises(ValueError, match="--shard"):
         SelectArgs(model="m", benchmarks=["x"], shard="2/2")
+
+
+def test_resume_cuts_a_torn_line_and_refuses_other_settings_only_with_scores(tmp_path):
+    scores, settings_path = tmp_path / "scores.jsonl", tmp_path / "settings.json"
+    settings = {"num_samples": 4, "seed": 0}
+    assert resume(scores, settings_path, settings) == [] and json.loads(settings_path.read_text()) == settings
+    scores.write_text('{"index": 0}\n{"index": 1}\n{"ind')  # killed while writing the third record
+    assert resume(scores, settings_path, settings) == [{"index": 0}, {"index": 1}]
+    assert scores.read_text() == '{"index": 0}\n{"index": 1}\n'
+    with pytest.raises(ValueError, match=r"scores\.jsonl holds scores of other settings \(num_samples\)"):
+        resume(scores, settings_path, settings | {"num_samples": 2})
+    scores.write_text('{"index": 0}\nnot json\n{"index": 2}\n')
+    with pytest.raises(ValueError, match=r"scores\.jsonl:2: not a JSON record"):
+        resume(scores, settings_path, settings)
+    scores.unlink()  # settings written, but nothing scored (say the engine failed to start): new settings are fine
+    assert resume(scores, settings_path, settings | {"seed": 1}) == []
+    assert json.loads(settings_path.read_text())["seed"] == 1
