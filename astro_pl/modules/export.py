@@ -90,7 +90,7 @@ class HFExport(L.Callback):
     def __init__(self, dirpath: str | None = None, merge_lora: bool = True, dtype: str = "auto",
                  every_n_steps: int | None = None) -> None:
         if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"HFExport every_n_steps must be >= 1 or null, got {every_n_steps}")
+            raise ValueError(f"HFExport's init_args.every_n_steps must be >= 1 or null, got {every_n_steps}")
         self.dirpath, self.merge_lora, self.dtype, self.every_n_steps = dirpath, merge_lora, dtype, every_n_steps
         self._exported_step = 0
 
@@ -107,7 +107,8 @@ class HFExport(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._exported_step = trainer.global_step  # a resumed run counts on from its checkpoint
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+                           ) -> None:
         n, step = self.every_n_steps, trainer.global_step
         if n is not None and step // n > self._exported_step // n:
             final = self._dirpath(trainer)

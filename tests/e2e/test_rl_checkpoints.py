@@ -67,3 +67,12 @@ def test_rl_exports_every_n_steps_then_eval_checkpoints_resumes(rl_policy_dir, t
     assert result.stdout.count("is done, skipped") == 3
     assert {p: p.stat().st_mtime_ns for p in out.glob("step*/samples.jsonl")} == stamps
     assert json.loads((out / "checkpoints.json").read_text()) == table
+
+
+def test_hf_export_interval_must_be_positive():
+    import pytest
+
+    from astro_pl.modules.export import HFExport
+
+    with pytest.raises(ValueError, match="every_n_steps must be >= 1 or null, got 0"):
+        HFExport(every_n_steps=0)
