@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 from rl_helpers import rl_config, run_astro
 from safetensors.torch import load_file
+
+from astro_pl.modules.export import HFExport
 
 
 def test_rl_exports_every_n_steps_then_eval_checkpoints_resumes(rl_policy_dir, tmp_path):
@@ -70,9 +73,5 @@ def test_rl_exports_every_n_steps_then_eval_checkpoints_resumes(rl_policy_dir, t
 
 
 def test_hf_export_interval_must_be_positive():
-    import pytest
-
-    from astro_pl.modules.export import HFExport
-
     with pytest.raises(ValueError, match="every_n_steps must be >= 1 or null, got 0"):
         HFExport(every_n_steps=0)
