@@ -19,6 +19,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Named benchmarks load from this offline folder (no hub here); subprocesses inherit it.
+os.environ.setdefault("ASTRO_DATA_DIR", str(SHARED_DATA))
 
 
 @pytest.fixture(scope="session")

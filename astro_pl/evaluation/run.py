@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from tqdm import tqdm
 
-from astro_pl.datamodules.chat import render_prompt
-from astro_pl.datamodules.problems import Problem, load_benchmark, synthetic_arithmetic
+from astro_pl.data.problems import Problem
 from astro_pl.evaluation.backtracks import (
     DEFAULT_BACKTRACK_PHRASES,
     DEFAULT_REFLECTION_PHRASES,
@@ -33,56 +32,32 @@ from astro_pl.evaluation.backtracks import (
     grounded_backtracks,
 )
 from astro_pl.evaluation.report import summarize, write_report
-from astro_pl.rewards.math import answers_match, extract_final_answer
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
 from astro_pl.shards import complete_shards, parse_shard, shard_range
+from astro_pl.tasks.base import Task, describe_task
 
 # Settings that change scores; a summary records them and merging refuses shards that disagree on them.
-SCORED_SETTINGS = ("model", "checkpoint", "benchmarks", "synthetic", "limit", "num_samples", "temperature", "top_p",
-                   "max_tokens", "seed", "system_prompt", "pass_at", "maj_at", "backtrack_phrases",
-                   "reflection_phrases", "max_backtracks")
-
-
-@dataclass
-class SyntheticArgs:
-    """The built-in arithmetic problems (see `astro_pl.datamodules.problems.synthetic_arithmetic`)."""
-
-    num_problems: int = 100
-    """How many problems."""
-    seed: int = 0
-    """Generator seed (a different seed gives different problems)."""
-    min_operations: int = 2
-    """Fewest operators per expression."""
-    max_operations: int = 3
-    """Most operators per expression."""
-    operand_min: int = 1
-    """Smallest operand."""
-    operand_max: int = 9
-    """Largest operand."""
-    operators: str = "+-*"
-    """Operators that may appear ("+-*", or "+-" for tiny models)."""
+SCORED_SETTINGS = ("model", "checkpoint", "task", "split", "limit", "num_samples", "temperature", "top_p",
+                   "max_tokens", "seed", "pass_at", "maj_at", "backtrack_phrases", "reflection_phrases",
+                   "max_backtracks")
 
 
 @dataclass
 class EvalArgs:
     """What to evaluate, on what, and how to sample."""
 
+    task: Task | None = None
+    """The domain (class_path + init_args): its `split` problem sets are evaluated, each reported by name."""
+    split: Literal["train", "val", "test"] = "test"
+    """Which of the task's splits to evaluate."""
     model: str | None = None
     """Hugging Face model folder or hub name (weights unless `checkpoint` is set; always the tokenizer)."""
     checkpoint: str | None = None
     """Lightning .ckpt file whose state_dict (a leading "model." stripped) replaces the weights of `model`."""
-    engine: Literal["vllm", "hf"] = "vllm"
-    """Rollout engine: vLLM, or transformers' generate."""
-    engine_args: dict = field(default_factory=dict)
-    """Further `EngineArgs` fields (dtype, max_model_len, enforce_eager, gpu_memory_utilization, ...)."""
-    benchmarks: list[str] = field(default_factory=list)
-    """Benchmark names (math500, amc23, aime24, gsm8k, math_train), .jsonl/.json/.parquet files or hf:NAME[:SPLIT]."""
-    synthetic: SyntheticArgs | None = None
-    """Also evaluate on seeded synthetic arithmetic problems (benchmark name "synthetic")."""
-    data_dir: str | None = None
-    """Folder of the named benchmark files; default $ASTRO_DATA_DIR or shared/data beside the repository."""
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    """Rollout engine (`kind`: vllm or hf, dtype, max_model_len, ...); its model defaults to `model`."""
     limit: int | None = None
-    """Evaluate only the first `limit` problems of each benchmark (quick runs)."""
+    """Evaluate only the first `limit` problems of each problem set (quick runs)."""
     num_samples: int = 16
     """Samples per problem (k); pass@1 is averaged over them."""
     temperature: float = 0.6
@@ -93,8 +68,6 @@ class EvalArgs:
     """Most new tokens per sample."""
     seed: int = 0
     """Problem i of the run is sampled with seed `seed + i`."""
-    system_prompt: str | None = None
-    """System message placed before each problem (None: the bare problem, as in training)."""
     pass_at: list[int] = field(default_factory=lambda: [1])
     """Also report unbiased pass@k for these k (each <= num_samples)."""
     maj_at: list[int] = field(default_factory=list)
@@ -119,8 +92,10 @@ class EvalArgs:
             return
         if not self.model:
             raise ValueError("--model is required (a Hugging Face model folder or hub name)")
-        if not self.benchmarks and self.synthetic is None:
-            raise ValueError("give --benchmarks and/or --synthetic")
+        if self.task is None:
+            raise ValueError("--task is required (e.g. --task astro_pl.tasks.MathTask)")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"--limit must be >= 0, got {self.limit}")
         if self.num_samples < 1:
             raise ValueError(f"--num_samples must be >= 1, got {self.num_samples}")
         for flag, values in (("pass_at", self.pass_at), ("maj_at", self.maj_at)):
@@ -133,12 +108,9 @@ class EvalArgs:
 
 
 def load_eval_problems(args: EvalArgs) -> list[tuple[str, Problem]]:
-    """(benchmark name, problem) for every benchmark in order, synthetic last."""
-    items = [(name, p) for name in args.benchmarks
-             for p in load_benchmark(name, data_dir=args.data_dir, limit=args.limit)]
-    if args.synthetic is not None:
-        items += [("synthetic", p) for p in synthetic_arithmetic(**asdict(args.synthetic))[: args.limit]]
-    return items
+    """(problem set name, problem) for every set of the task's split in order."""
+    return [(name, p) for name, problems in args.task.problems(args.split).items()
+            for p in problems[: args.limit]]
 
 
 def checkpoint_weights(path: str | Path, model: str) -> dict[str, torch.Tensor]:
@@ -165,14 +137,10 @@ def checkpoint_weights(path: str | Path, model: str) -> dict[str, torch.Tensor]:
 
 
 def build_engine(args: EvalArgs) -> RolloutEngine:
-    """The engine named by `args.engine`, with the checkpoint's weights loaded when one is given."""
+    """The engine `args.engine` describes, with the checkpoint's weights loaded when one is given."""
     from astro_pl.rollout import build_engine as build
 
-    try:
-        engine_args = EngineArgs(model=args.model, seed=args.seed, **args.engine_args)
-    except TypeError as e:
-        raise ValueError(f"--engine_args: {e}") from None
-    engine = build(args.engine, engine_args)
+    engine = build(args.engine, args.model)
     if args.checkpoint:
         engine.load_weights(checkpoint_weights(args.checkpoint, args.model).items())
     return engine
@@ -180,7 +148,7 @@ def build_engine(args: EvalArgs) -> RolloutEngine:
 
 def score_sample(benchmark: str, index: int, problem: Problem, sample: int, completion, args: EvalArgs) -> dict:
     """One per-sample record: the extracted answer, its correctness, backtracks and length."""
-    answer = extract_final_answer(completion.text)
+    answer = args.task.extract_answer(completion.text)
     return {
         "benchmark": benchmark,
         "problem_id": problem.id,
@@ -188,7 +156,7 @@ def score_sample(benchmark: str, index: int, problem: Problem, sample: int, comp
         "sample": sample,
         "gold": problem.answer,
         "answer": answer,
-        "correct": answer is not None and answers_match(answer, problem.answer),
+        "correct": answer is not None and args.task.check(answer, problem.answer),
         "backtracks": count_backtracks(completion.text, args.backtrack_phrases),
         "reflections": count_reflections(completion.text, args.reflection_phrases),
         "grounded_backtracks": grounded_backtracks(completion.text, args.backtrack_phrases)[0],
@@ -207,7 +175,7 @@ def generate_records(engine: RolloutEngine, tokenizer, items: list[tuple[int, st
             # Consecutive global indices, so prompt j of the call gets seed + its global index.
             params = SamplingArgs(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                                   max_tokens=args.max_tokens, seed=args.seed + batch[0][0], logprobs=False)
-            prompts = [render_prompt(tokenizer, problem.problem, args.system_prompt) for _, _, problem in batch]
+            prompts = [args.task.prompt(tokenizer, problem) for _, _, problem in batch]
             for (index, benchmark, problem), completions in zip(batch, engine.generate(prompts, params), strict=True):
                 for sample, completion in enumerate(completions):
                     yield score_sample(benchmark, index, problem, sample, completion, args)
@@ -215,8 +183,8 @@ def generate_records(engine: RolloutEngine, tokenizer, items: list[tuple[int, st
 
 
 def scored_settings(args: EvalArgs) -> dict:
-    settings = asdict(args)
-    return {key: settings[key] for key in SCORED_SETTINGS}
+    settings = {key: getattr(args, key) for key in SCORED_SETTINGS}
+    return {**settings, "task": describe_task(args.task)}
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> list[dict]:
@@ -244,14 +212,14 @@ def finish(records: list[dict], settings: dict, out_dir: Path) -> dict:
 
 def evaluate(args: EvalArgs, engine: RolloutEngine | None = None, tokenizer=None) -> dict | None:
     """Runs the evaluation; returns the summary (None for a shard). An `engine` passed in is used and kept open."""
-    from astro_pl.modules.models import load_tokenizer
+    from astro_pl.loading import load_tokenizer
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = load_eval_problems(args)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     items = [(i, *problems[i]) for i in shard_range(len(problems), *shard)]
-    tokenizer = tokenizer or load_tokenizer(args.engine_args.get("tokenizer") or args.model)
+    tokenizer = tokenizer or load_tokenizer(args.engine.tokenizer or args.model)
     own_engine = engine is None
     engine = engine or build_engine(args)
     suffix = f".shard-{shard[0]}-of-{shard[1]}" if args.shard else ""
@@ -289,7 +257,10 @@ def parse_args(argv: list[str] | None) -> EvalArgs:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
     parser = ArgumentParser(prog="astro eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_class_arguments(EvalArgs, as_group=False)
+    # the task as its own subclass group, so a task file named in a config resolves beside that config
+    parser.add_class_arguments(EvalArgs, as_group=False, skip={"task"})
+    parser.add_subclass_arguments(Task, "task", required=False,
+                                  help="The domain (class_path + init_args): its `split` problem sets are evaluated.")
     config = parser.instantiate(parser.parse_args(argv)).as_dict()
     config.pop("config", None)
     try:

@@ -2,13 +2,19 @@
 
     astro select-prompts --config configs/select_prompts/synthetic.yaml [--shard 0/4]
     astro select-prompts --merge runs/select_prompts/synthetic     # after all shards
-    astro fit --config configs/rl/synthetic.yaml --data.init_args.train runs/select_prompts/synthetic/selected.jsonl
 
-Each candidate prompt gets `num_samples` (G) samples from the policy through any rollout engine, in batches; its
-pass rate is the share of correct samples, where a truncated sample (finish_reason "length") counts as wrong (a
-cut-off answer has no final answer). GRPO learns nothing from a prompt whose G rewards are all equal, so the
-paper trains on ~8.7K "moderately hard" prompts; here those with `min_pass_rate < rate <= max_pass_rate` are
-written to `selected.jsonl` (the `Problem` fields, one per line), which `PromptDataModule` reads as `train`.
+The candidates are the `split` problem sets of a task (default: its RL training prompts). Each gets `num_samples`
+(G) samples from the policy through any rollout engine, in batches; its pass rate is the share of samples the
+task's checker accepts, where a truncated sample (finish_reason "length") counts as wrong (a cut-off answer has no
+final answer), as RL's `TaskCorrectness` scores it. GRPO learns nothing from a prompt whose G rewards are all
+equal, so the paper trains on ~8.7K "moderately hard" prompts; here those with `min_pass_rate < rate <=
+max_pass_rate` are written to `selected.jsonl` (the `Problem` fields, one per line): a problem file that RL
+trains on as a task's training source, e.g. in the RL config (MathTask's checker also accepts integer answers)
+
+    data:
+      init_args:
+        task: {class_path: astro_pl.tasks.MathTask,
+               init_args: {train: [runs/select_prompts/synthetic/selected.jsonl], val: [], test: []}}
 
 Resumable: one record per prompt is appended to `scores.jsonl` as its batch finishes; a rerun cuts a torn last
 line, skips the prompts already scored and refuses other scoring settings (the band may change: it only selects).
@@ -30,40 +36,34 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from astro_pl.datamodules.chat import render_prompt
-from astro_pl.datamodules.problems import Problem, load_benchmark, synthetic_arithmetic
-from astro_pl.evaluation.run import SyntheticArgs
+from astro_pl.data.problems import Problem
+from astro_pl.loading import load_tokenizer
 from astro_pl.options import parse_dataclass
 from astro_pl.records import drop_torn_tail, read_jsonl
-from astro_pl.rewards.math import answers_match, extract_final_answer
 from astro_pl.rollout import EngineArgs, RolloutEngine, SamplingArgs, build_engine
 from astro_pl.rollout.base import Completion
 from astro_pl.shards import complete_shards, parse_shard, shard_range
+from astro_pl.tasks.base import Task, describe_task
 
-UNSCORED = ("batch_size", "out_dir", "shard", "merge", "min_pass_rate", "max_pass_rate")
-"""Options that do not change any prompt's score: a resumed run may change them."""
+SCORED = ("split", "model", "limit", "num_samples", "temperature", "top_p", "max_tokens", "seed")
+"""Options besides the task and engine that change a prompt's score; the others (batch size, band, output) may
+change when a run resumes."""
 
 
 @dataclass
 class SelectArgs:
     """Which policy scores which candidate prompts, and which pass rates are kept."""
 
+    task: Task | None = None
+    """The domain (class_path + init_args): its `split` problem sets are the candidates, its checker scores them."""
+    split: Literal["train", "val", "test"] = "train"
+    """Which of the task's splits holds the candidates."""
     model: str | None = None
     """The current policy: a Hugging Face model folder (e.g. the SFT export) or hub name."""
-    engine: Literal["vllm", "hf"] = "vllm"
-    """Rollout engine: vLLM, or transformers' generate."""
-    engine_args: dict = field(default_factory=dict)
-    """Further `EngineArgs` fields (dtype, max_model_len, enforce_eager, gpu_memory_utilization, ...)."""
-    benchmarks: list[str] = field(default_factory=list)
-    """Candidate prompts: benchmark names (e.g. math_train), .jsonl/.json/.parquet files or hf:NAME[:SPLIT]."""
-    synthetic: SyntheticArgs | None = None
-    """Also seeded synthetic arithmetic prompts (benchmark name "synthetic")."""
-    data_dir: str | None = None
-    """Folder of the named benchmark files; default $ASTRO_DATA_DIR or shared/data beside the repository."""
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    """Rollout engine (`kind`: vllm or hf, dtype, max_model_len, ...); its model defaults to `model`."""
     limit: int | None = None
-    """Only the first `limit` prompts of each source."""
-    system_prompt: str | None = None
-    """System message before each prompt; use the one RL will use (`--data.init_args.system_prompt`)."""
+    """Only the first `limit` candidates of each problem set."""
     num_samples: int = 8
     """Samples per prompt (G); the pass rate is correct samples / G."""
     temperature: float = 1.0
@@ -95,8 +95,8 @@ class SelectArgs:
             return
         if not self.model:
             raise ValueError("--model is required (the policy: a Hugging Face model folder or hub name)")
-        if not self.benchmarks and self.synthetic is None:
-            raise ValueError("give --benchmarks and/or --synthetic")
+        if self.task is None:
+            raise ValueError("--task is required (e.g. --task astro_pl.tasks.MathTask)")
         for flag in ("num_samples", "max_tokens", "batch_size"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
@@ -109,12 +109,9 @@ class SelectArgs:
 # ---- pure parts --------------------------------------------------------------------------------------------
 
 
-def sample_correct(completion: Completion, gold: str) -> bool:
-    """A sample is correct when it finished (not cut off at the token limit) and its final answer matches."""
-    if completion.finish_reason == "length":
-        return False
-    answer = extract_final_answer(completion.text)
-    return answer is not None and answers_match(answer, gold)
+def sample_correct(task: Task, completion: Completion, problem: Problem) -> bool:
+    """A sample is correct when it finished (not cut off at the token limit) and the task accepts its answer."""
+    return completion.finish_reason != "length" and task.is_correct(completion.text, problem)
 
 
 def in_band(pass_rate: float, min_pass_rate: float, max_pass_rate: float) -> bool:
@@ -140,9 +137,9 @@ def consecutive_batches(indices: Sequence[int], batch_size: int) -> Iterator[lis
         yield batch
 
 
-def score_record(benchmark: str, index: int, problem: Problem, completions: Sequence[Completion]) -> dict:
+def score_record(task: Task, benchmark: str, index: int, problem: Problem, completions: Sequence[Completion]) -> dict:
     """One prompt's scores: samples, correct ones, truncated ones, pass rate, and the problem itself."""
-    correct = sum(sample_correct(c, problem.answer) for c in completions)
+    correct = sum(sample_correct(task, c, problem) for c in completions)
     return {"benchmark": benchmark, "index": index, "problem_id": problem.id, "num_samples": len(completions),
             "correct": correct, "truncated": sum(c.finish_reason == "length" for c in completions),
             "pass_rate": correct / len(completions), "problem": asdict(problem)}
@@ -164,21 +161,19 @@ def summarize(records: Sequence[dict], settings: dict, min_pass_rate: float, max
 
 
 def load_candidates(args: SelectArgs) -> list[tuple[str, Problem]]:
-    """(source name, problem) of every candidate in order, synthetic last; (source, id) must be unique."""
-    items = [(name, p) for name in args.benchmarks
-             for p in load_benchmark(name, data_dir=args.data_dir, limit=args.limit)]
-    if args.synthetic is not None:
-        items += [("synthetic", p) for p in synthetic_arithmetic(**asdict(args.synthetic))[: args.limit]]
-    seen = Counter((name, p.id) for name, p in items)
-    repeated = [key for key, n in seen.items() if n > 1]
+    """(problem set name, problem) of every candidate in order; (set, id) must be unique, as resuming keys on it."""
+    items = [(name, p) for name, problems in args.task.problems(args.split).items() for p in problems[: args.limit]]
+    repeated = [key for key, n in Counter((name, p.id) for name, p in items).items() if n > 1]
     if repeated:
-        raise ValueError(f"problem ids must be unique per source to resume by them; repeated: {repeated[:3]}")
+        raise ValueError(f"--task: problem ids must be unique per problem set to resume by them; repeated: "
+                         f"{repeated[:3]}")
     return items
 
 
 def scored_settings(args: SelectArgs, num_prompts: int) -> dict:
-    settings = {key: value for key, value in asdict(args).items() if key not in UNSCORED}
-    return settings | {"num_prompts": num_prompts}
+    """The options that change a prompt's score, as JSON data (a resumed run must match them)."""
+    settings = {key: getattr(args, key) for key in SCORED}
+    return settings | {"task": describe_task(args.task), "engine": asdict(args.engine), "num_prompts": num_prompts}
 
 
 def resume(scores: Path, settings_path: Path, settings: dict) -> list[dict]:
@@ -200,9 +195,10 @@ def score_prompts(engine: RolloutEngine, tokenizer, items: Sequence[tuple[str, P
         for batch in consecutive_batches(todo, args.batch_size):
             params = SamplingArgs(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                                   max_tokens=args.max_tokens, seed=args.seed + batch[0], logprobs=False)
-            prompts = [render_prompt(tokenizer, items[i][1].problem, args.system_prompt) for i in batch]
+            prompts = [args.task.prompt(tokenizer, items[i][1]) for i in batch]
             for i, completions in zip(batch, engine.generate(prompts, params), strict=True):
-                out.write(json.dumps(score_record(items[i][0], i, items[i][1], completions), ensure_ascii=False) + "\n")
+                record = score_record(args.task, items[i][0], i, items[i][1], completions)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())
             bar.update(len(batch))
@@ -224,8 +220,6 @@ def write_selection(records: list[dict], settings: dict, args: SelectArgs, out_d
 
 def select_prompts(args: SelectArgs, engine: RolloutEngine | None = None) -> dict | None:
     """Scores every prompt not yet scored, then selects (None for a shard). An `engine` passed in is kept open."""
-    from transformers import AutoTokenizer
-
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = load_candidates(args)
@@ -239,14 +233,9 @@ def select_prompts(args: SelectArgs, engine: RolloutEngine | None = None) -> dic
     print(f"astro select-prompts: {len(done)} prompts already scored in {scores}, {len(todo)} to score")
     if todo:
         own_engine = engine is None
-        if own_engine:
-            try:
-                engine_args = EngineArgs(model=args.model, seed=args.seed, **args.engine_args)
-            except TypeError as e:
-                raise ValueError(f"--engine_args: {e}") from None
-            engine = build_engine(args.engine, engine_args)
+        engine = engine or build_engine(args.engine, args.model)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(args.engine_args.get("tokenizer") or args.model)
+            tokenizer = load_tokenizer(args.engine.tokenizer or args.model)
             score_prompts(engine, tokenizer, items, todo, args, scores)
         finally:
             if own_engine:
@@ -275,7 +264,7 @@ def merge_shards(args: SelectArgs) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> SelectArgs:
-    return parse_dataclass(SelectArgs, "astro select-prompts", __doc__.split("\n\n")[0], argv)
+    return parse_dataclass(SelectArgs, "astro select-prompts", __doc__.split("\n\n")[0], argv, {"task": Task})
 
 
 def main(argv: list[str] | None = None) -> int:

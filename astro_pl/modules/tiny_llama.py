@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from astro_pl.datamodules.chat import PLAIN_CHAT_TEMPLATE
+from astro_pl.data.chat import PLAIN_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from astro_pl.datamodules.problems import Problem
-from astro_pl.search.proposers import State, Step, StepProposer
+from astro_pl.data.problems import Problem
 from astro_pl.search.puct import backup, select_child
 from astro_pl.search.tree import Node, SearchTree
+from astro_pl.tasks.base import State, Step, StepProposer
 
 Checker = Callable[[str, str], bool]
 

@@ -12,8 +12,9 @@ from rl_helpers import EASY
 from safetensors.torch import load_file
 
 from astro_pl.datamodules.prompts import PromptDataModule
-from astro_pl.evaluation.run import SyntheticArgs
 from astro_pl.evaluation.select_prompts import SelectArgs, merge_shards, select_prompts
+from astro_pl.rollout import EngineArgs
+from astro_pl.tasks import ArithmeticTask, MathTask
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,8 +28,9 @@ def by_index(path: Path) -> list[dict]:
 
 
 def test_scores_band_resume_shards_and_rl_reads_the_selection(rl_policy_dir, tiny_model_dir, vllm_engine, tmp_path):
-    args = SelectArgs(model=str(rl_policy_dir), engine="vllm", synthetic=SyntheticArgs(num_problems=12, seed=7, **EASY),
-                      num_samples=4, temperature=1.0, max_tokens=16, batch_size=5, out_dir=str(tmp_path / "full"))
+    args = SelectArgs(task=ArithmeticTask(num_train=12, seed=7, **EASY), model=str(rl_policy_dir),
+                      engine=EngineArgs(kind="vllm"), num_samples=4, temperature=1.0, max_tokens=16, batch_size=5,
+                      out_dir=str(tmp_path / "full"))
     vllm_engine.load_weights(load_file(rl_policy_dir / "model.safetensors").items())
     try:
         summary = select_prompts(args, engine=vllm_engine)
@@ -67,10 +69,10 @@ def test_scores_band_resume_shards_and_rl_reads_the_selection(rl_policy_dir, tin
     finally:
         vllm_engine.load_weights(load_file(tiny_model_dir / "model.safetensors").items())
 
-    data = PromptDataModule(str(rl_policy_dir), train=str(tmp_path / "full" / "selected.jsonl"), batch_size=2)
+    # RL trains on the selection as a task's training source
+    data = PromptDataModule(MathTask(train=[str(tmp_path / "full" / "selected.jsonl")], val=[], test=[]), batch_size=2)
     data.setup("fit")
-    assert [(item.problem.problem, item.problem.answer) for item in data.train_items] == \
-        [(p["problem"], p["answer"]) for p in selected]
+    assert [(p.problem, p.answer) for p in data.train_items] == [(p["problem"], p["answer"]) for p in selected]
 
 
 def test_merge_refuses_a_missing_or_unfinished_shard(rl_policy_dir, tmp_path, capsys):
@@ -78,7 +80,7 @@ def test_merge_refuses_a_missing_or_unfinished_shard(rl_policy_dir, tmp_path, ca
 
     out = tmp_path / "shards"
     options = ["--config", str(REPO / "configs" / "select_prompts" / "synthetic.yaml"), "--model", str(rl_policy_dir),
-               "--engine", "hf", "--synthetic.num_problems", "4", "--max_tokens", "8", "--out_dir", str(out)]
+               "--engine.kind", "hf", "--task.init_args.num_train", "4", "--max_tokens", "8", "--out_dir", str(out)]
     assert main([*options, "--shard", "0/2"]) == 0
     assert [r["index"] for r in lines(out / "scores.shard-0-of-2.jsonl")] == [0, 1]
     assert main(["--merge", str(out)]) == 2
@@ -95,7 +97,7 @@ def test_astro_select_prompts_cli_with_the_config(rl_policy_dir, tmp_path, capsy
 
     out = tmp_path / "cli"
     assert astro(["select-prompts", "--config", str(REPO / "configs" / "select_prompts" / "synthetic.yaml"),
-                  "--model", str(rl_policy_dir), "--engine", "hf", "--synthetic.num_problems", "3",
+                  "--model", str(rl_policy_dir), "--engine.kind", "hf", "--task.init_args.num_train", "3",
                   "--max_tokens", "8", "--out_dir", str(out)]) == 0
     assert len(lines(out / "scores.jsonl")) == 3 and (out / "selected.jsonl").exists()
     assert json.loads((out / "summary.json").read_text())["settings"]["num_samples"] == 4

@@ -41,5 +41,6 @@ def test_search_recipe_instantiates(path):
 
 def test_eval_recipe_parses():
     args = parse_eval_args(["--config", str(REPO / "configs" / "eval" / "llama31.yaml")])
-    assert args.benchmarks == ["math500", "amc23", "aime24"] and args.num_samples == 16
-    assert args.engine_args["tensor_parallel_size"] == 4
+    assert [src.source for src in args.task.sources["test"]] == ["math500", "amc23", "aime24"]
+    assert args.num_samples == 16
+    assert args.engine.tensor_parallel_size == 4

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from rl_helpers import rl_config, run_astro
+from rl_helpers import EASY, rl_config, run_astro
 from safetensors.torch import load_file
 
 from astro_pl.modules.export import HFExport
@@ -36,8 +36,8 @@ def test_rl_exports_every_n_steps_then_eval_checkpoints_resumes(rl_policy_dir, t
 
     eval_config = tmp_path / "eval.yaml"
     eval_config.write_text(yaml.safe_dump({
-        "engine": "hf", "synthetic": {"num_problems": 4, "seed": 3, "min_operations": 1, "max_operations": 1,
-                                      "operand_max": 3},
+        "engine": {"kind": "hf"}, "task": {"class_path": "astro_pl.tasks.ArithmeticTask",
+                                           "init_args": {"num_test": 4, "test_seed": 3, **EASY}},
         "num_samples": 2, "temperature": 1.0, "top_p": 1.0, "max_tokens": 16, "pass_at": [1], "batch_size": 4}))
     out = tmp_path / "analysis"
     command = ("eval-checkpoints", "--eval_config", str(eval_config), "--folder", str(run),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from astro_pl.datamodules.problems import Problem
+from astro_pl.data.problems import Problem
 from astro_pl.evaluation.select_prompts import (
     SelectArgs,
     consecutive_batches,
@@ -18,6 +18,9 @@ from astro_pl.evaluation.select_prompts import (
     summarize,
 )
 from astro_pl.rollout.base import Completion
+from astro_pl.tasks import ArithmeticTask, MathTask
+
+TASK = MathTask()  # its checker; no problem file is read
 
 
 def completion(text: str, finish_reason: str = "stop") -> Completion:
@@ -25,11 +28,12 @@ def completion(text: str, finish_reason: str = "stop") -> Completion:
 
 
 def test_a_truncated_sample_is_wrong_even_with_a_correct_earlier_box():
-    assert sample_correct(completion("3 + 4 = \\boxed{7}"), "7")
+    problem = Problem("p", "Evaluate 3 + 4.", "7")
+    assert sample_correct(TASK, completion("3 + 4 = \\boxed{7}"), problem)
     # ASTRO traces box each attempt before doubting it: cut off after a correct box, there is no final answer
-    assert not sample_correct(completion("3 + 4 = \\boxed{7}. But wait, are we", "length"), "7")
-    assert not sample_correct(completion("3 + 4 = \\boxed{8}"), "7")
-    assert not sample_correct(completion("3 + 4 = 7"), "7")  # no box, no answer
+    assert not sample_correct(TASK, completion("3 + 4 = \\boxed{7}. But wait, are we", "length"), problem)
+    assert not sample_correct(TASK, completion("3 + 4 = \\boxed{8}"), problem)
+    assert not sample_correct(TASK, completion("3 + 4 = 7"), problem)  # no box, no answer
 
 
 def test_band_is_open_below_and_closed_above():
@@ -42,7 +46,8 @@ def test_select_in_band_keeps_problems_in_order():
     # 4 samples each; correct: 0, 1, 3, 4, 2 -> rates 0, .25, .75, 1, .5
     outcomes = [[False] * 4, [True, False, False, False], [True, True, False, True], [True] * 4,
                 [False, True, False, True]]
-    records = [score_record("synthetic", i, p, [completion(f"\\boxed{{{p.answer if ok else 'x'}}}") for ok in row])
+    records = [score_record(TASK, "synthetic", i, p, [completion(f"\\boxed{{{p.answer if ok else 'x'}}}")
+                                                      for ok in row])
                for i, (p, row) in enumerate(zip(problems, outcomes, strict=True))]
     assert [r["pass_rate"] for r in records] == [0.0, 0.25, 0.75, 1.0, 0.5]
     assert [p["id"] for p in select_in_band(records, 0.0, 0.75)] == ["p1", "p2", "p4"]
@@ -55,7 +60,7 @@ def test_select_in_band_keeps_problems_in_order():
 
 def test_truncated_samples_are_counted():
     p = Problem("p", "Evaluate 1 + 1.", "2")
-    record = score_record("s", 0, p, [completion("\\boxed{2}"), completion("\\boxed{2} wait", "length")])
+    record = score_record(TASK, "s", 0, p, [completion("\\boxed{2}"), completion("\\boxed{2} wait", "length")])
     assert (record["correct"], record["truncated"], record["pass_rate"]) == (1, 1, 0.5)
 
 
@@ -66,14 +71,17 @@ def test_consecutive_batches_never_span_a_gap():
 
 
 def test_bad_options_name_the_flag():
+    task = ArithmeticTask()
     with pytest.raises(ValueError, match="--min_pass_rate < --max_pass_rate"):
-        SelectArgs(model="m", benchmarks=["x"], min_pass_rate=0.5, max_pass_rate=0.5)
+        SelectArgs(model="m", task=task, min_pass_rate=0.5, max_pass_rate=0.5)
     with pytest.raises(ValueError, match="--model is required"):
-        SelectArgs(benchmarks=["x"])
+        SelectArgs(task=task)
+    with pytest.raises(ValueError, match="--task is required"):
+        SelectArgs(model="m")
     with pytest.raises(ValueError, match="--num_samples must be >= 1"):
-        SelectArgs(model="m", benchmarks=["x"], num_samples=0)
+        SelectArgs(model="m", task=task, num_samples=0)
     with pytest.raises(ValueError, match="--shard"):
-        SelectArgs(model="m", benchmarks=["x"], shard="2/2")
+        SelectArgs(model="m", task=task, shard="2/2")
 
 
 def test_resume_cuts_a_torn_line_and_refuses_other_settings_only_with_scores(tmp_path):

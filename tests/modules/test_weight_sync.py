@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from astro_pl.modules.models import load_causal_lm
+from astro_pl.loading import load_causal_lm
 from astro_pl.modules.weight_sync import hf_named_parameters, layer_of, sync_weights, weight_buckets
 
 
