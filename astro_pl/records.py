@@ -1,13 +1,16 @@
-"""Append-only JSONL record files, the crash-safe output of `astro search` and `astro select-prompts`.
+"""Append-only JSONL record files, the crash-safe output of `astro search` (trees, traces, rewrites) and
+`astro select-prompts`.
 
-A writer appends one record per line and flushes; a killed writer can leave a last line without its newline
-(torn). A rerun cuts that line first (`drop_torn_tail`), reads what is complete (`read_jsonl`), and appends the
+A writer appends whole records and syncs them (`append_jsonl`); a killed writer can leave a last line without its
+newline (torn). A rerun cuts that line first (`drop_torn_tail`), reads what is complete (`read_jsonl`), and appends the
 rest, so no finished record is lost or written twice.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -34,3 +37,11 @@ def read_jsonl(path: Path) -> list[dict]:
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{lineno}: not a JSON record ({err.msg})") from err
     return records
+
+
+def append_jsonl(path: Path, records: Iterable[dict]) -> None:
+    """Appends records in one write and syncs them to disk before returning."""
+    with path.open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())

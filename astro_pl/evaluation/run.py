@@ -39,7 +39,7 @@ from astro_pl.tasks.base import Task, describe_task
 # Settings that change scores; a summary records them and merging refuses shards that disagree on them.
 SCORED_SETTINGS = ("model", "checkpoint", "task", "split", "limit", "num_samples", "temperature", "top_p",
                    "max_tokens", "seed", "pass_at", "maj_at", "backtrack_phrases", "reflection_phrases",
-                   "max_backtracks")
+                   "max_backtracks", "score_truncated")
 
 
 @dataclass
@@ -78,6 +78,10 @@ class EvalArgs:
     """Phrases that mark a self-check question (reported apart from backtracks)."""
     max_backtracks: int = 8
     """Last bin of accuracy-by-backtracks (it holds every response with at least this many)."""
+    score_truncated: bool = False
+    """Score a sample cut off at `max_tokens` (finish_reason "length") by its last complete \\boxed{} answer, the
+    old rule. Off: a cut-off sample has no answer and is wrong, in pass@k and maj@k alike, since search-trained
+    models box every attempt before doubting it and a box before the cut is not the model's final answer."""
     batch_size: int = 32
     """Problems per engine call."""
     out_dir: str = "runs/eval"
@@ -147,8 +151,8 @@ def build_engine(args: EvalArgs) -> RolloutEngine:
 
 
 def score_sample(benchmark: str, index: int, problem: Problem, sample: int, completion, args: EvalArgs) -> dict:
-    """One per-sample record: the extracted answer, its correctness, backtracks and length."""
-    answer = args.task.extract_answer(completion.text)
+    """One per-sample record: the final answer (none when cut off), its correctness, backtracks and length."""
+    answer = args.task.final_answer(completion.text, completion.finish_reason, args.score_truncated)
     return {
         "benchmark": benchmark,
         "problem_id": problem.id,

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from astro_pl.data.problems import Problem
 from astro_pl.loading import load_tokenizer
 from astro_pl.options import parse_dataclass
-from astro_pl.records import drop_torn_tail, read_jsonl
+from astro_pl.records import append_jsonl, drop_torn_tail, read_jsonl
 from astro_pl.rollout import EngineArgs, RolloutEngine, SamplingArgs, build_engine
 from astro_pl.rollout.base import Completion
 from astro_pl.shards import complete_shards, parse_shard, shard_range
@@ -191,16 +191,14 @@ def resume(scores: Path, settings_path: Path, settings: dict) -> list[dict]:
 def score_prompts(engine: RolloutEngine, tokenizer, items: Sequence[tuple[str, Problem]], todo: Sequence[int],
                   args: SelectArgs, scores: Path) -> None:
     """Samples and scores the prompts at `todo` (indices into `items`), appending one record per prompt."""
-    with scores.open("a", encoding="utf-8") as out, tqdm(total=len(todo), desc="select", unit="prompt") as bar:
+    with tqdm(total=len(todo), desc="select", unit="prompt") as bar:
         for batch in consecutive_batches(todo, args.batch_size):
             params = SamplingArgs(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                                   max_tokens=args.max_tokens, seed=args.seed + batch[0], logprobs=False)
             prompts = [args.task.prompt(tokenizer, items[i][1]) for i in batch]
-            for i, completions in zip(batch, engine.generate(prompts, params), strict=True):
-                record = score_record(args.task, items[i][0], i, items[i][1], completions)
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+            outputs = engine.generate(prompts, params)
+            append_jsonl(scores, [score_record(args.task, items[i][0], i, items[i][1], completions)
+                                  for i, completions in zip(batch, outputs, strict=True)])
             bar.update(len(batch))
 
 

@@ -525,8 +525,9 @@ class RLModule(L.LightningModule):
                               seed=self.seed)
         outputs = self.engine.generate(self._render(batch)[1], params)
         texts = [o[0].text for o in outputs]
-        correct = [o[0].finish_reason != "length" and self.task.is_correct(o[0].text, problem)
-                   for o, problem in zip(outputs, batch, strict=True)]
+        answers = [self.task.final_answer(o[0].text, o[0].finish_reason) for o in outputs]
+        correct = [a is not None and self.task.check(a, problem.answer) for a, problem in zip(answers, batch,
+                                                                                              strict=True)]
         self.val_pass1.update(torch.tensor(correct).unsqueeze(1))
         self.val_length.update(torch.tensor([float(len(o[0].token_ids)) for o in outputs]))
         self.val_backtracks.update(texts)

@@ -39,8 +39,7 @@ class TaskCorrectness:
                  **kwargs) -> list[float]:
         rewards = []
         for text, gold, reason in zip(completions, answer, finish_reason, strict=True):
-            finished = reason != "length" or self.score_truncated
-            extracted = task.extract_answer(text) if finished else None
+            extracted = task.final_answer(text, reason, self.score_truncated)
             ok = extracted is not None and task.check(extracted, gold)
             rewards.append(self.correct if ok else self.incorrect)
         return rewards

@@ -84,13 +84,14 @@ class LLMStepProposer:
         return [self._steps(completions) for completions in outputs]
 
     def _steps(self, completions: Sequence[Completion]) -> list[Step]:
-        weights = [math.exp(sum(c.logprobs) / len(c.logprobs)) if c.logprobs else 0.0 for c in completions]
+        # An empty completion (the model ended, or wrote only the delimiter) is no step: it is dropped, so it never
+        # becomes a node, a terminal or an empty paragraph of a trace; priors are normalised over the steps kept.
+        kept = [(c, c.text.strip()) for c in completions if c.text.strip()]
+        weights = [math.exp(sum(c.logprobs) / len(c.logprobs)) if c.logprobs else 0.0 for c, _ in kept]
         steps = []
-        for c, prior in zip(completions, normalise(weights), strict=True):
-            text = c.text.strip()
+        for (_, text), prior in zip(kept, normalise(weights) if kept else [], strict=True):
             answer = extract_final_answer(text)
-            # An empty step (the model ended or wrote only the delimiter) is a dead end, not a step to expand.
-            steps.append(Step(text=text, prior=prior, terminal=answer is not None or not text, answer=answer))
+            steps.append(Step(text=text, prior=prior, terminal=answer is not None, answer=answer))
         return steps
 
     def rollout(self, states: Sequence[State], m: int) -> list[list[str | None]]:

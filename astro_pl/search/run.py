@@ -5,9 +5,10 @@
 
 Writes to `out_dir`: trees.jsonl (one tree per problem, appended as each tree finishes), traces.jsonl (the
 linearised, verbalised traces of those trees, only from correct terminals the `--judge` finds sound), run.json
-(settings and problem ids) and summary.json. Crash-safe: a tree's traces are appended before the tree itself, and
-a rerun first drops a torn last line and any traces whose tree was not written, then skips the problems already in
-trees.jsonl, so after a kill no problem is lost or duplicated; a rerun with other settings is refused.
+(settings and problem ids) and summary.json; with `--rewrite.enabled true`, also rewritten.jsonl (`rewrite.py`).
+Crash-safe: a tree's traces are appended before the tree itself, and a rerun first drops a torn last line and any
+traces whose tree was not written, then skips the problems already in trees.jsonl, so after a kill no problem is
+lost or duplicated; a rerun with other settings is refused.
 
 A shard (`--shard I/N`, the contiguous block of problems `astro eval --shard` uses) is such a run in its own folder
 `out_dir/shard-I-of-N`. A problem's tree and traces do not depend on which problems share its run (with the
@@ -32,13 +33,13 @@ from tqdm import tqdm
 
 from astro_pl.data.chat import render_prompt
 from astro_pl.data.problems import Problem, check_unique_ids
-from astro_pl.records import drop_torn_tail, read_jsonl
 from astro_pl.rollout import build_engine
 from astro_pl.rollout.base import EngineArgs, RolloutEngine
 from astro_pl.search.linearize import SelfEvaluationJudge, SoundnessJudge, TraceArgs, build_traces
 from astro_pl.search.mcts import SearchArgs, search_trees
 from astro_pl.search.proposers import LLMProposerArgs, LLMStepProposer
-from astro_pl.search.tree import SearchTree, append_tree, read_trees
+from astro_pl.search.rewrite import REWRITTEN_FILE, RewriteArgs, check_rewrite, rewrite_folder
+from astro_pl.search.tree import SearchTree, append_jsonl, append_tree, drop_torn_tail, read_jsonl, read_trees
 from astro_pl.shards import complete_shards, parse_shard, shard_range
 from astro_pl.tasks.base import StepProposer, Task, flat_problems
 
@@ -93,6 +94,7 @@ def build_parser() -> ArgumentParser:
     parser.add_class_arguments(LLMProposerArgs, "llm")
     parser.add_class_arguments(TraceArgs, "traces")
     parser.add_class_arguments(SelfEvalArgs, "self_eval")
+    parser.add_class_arguments(RewriteArgs, "rewrite")
     return parser
 
 
@@ -151,10 +153,7 @@ def resume(trees_path: Path, traces_path: Path) -> set[str]:
 
 def write_tree(tree: SearchTree, traces: list[dict], trees_path: Path, traces_path: Path) -> None:
     """Traces first, then the tree: the tree line is the commit mark that `resume` trusts."""
-    with traces_path.open("a", encoding="utf-8") as f:
-        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in traces)
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(traces_path, traces)
     append_tree(trees_path, tree)
 
 
@@ -181,7 +180,8 @@ def search_and_write(problems: list[Problem], proposer: StepProposer, cfg: Names
     print(f"astro search: {len(done)} problems already done in {out_dir}, {len(todo)} to search")
     trees = search_trees(todo, proposer, cfg.search, cfg.task.check)
     for tree in tqdm(trees, total=len(todo), desc="search", unit="tree"):
-        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge)
+        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge,
+                              checker=cfg.task.check)
         write_tree(tree, traces, trees_path, traces_path)
 
 
@@ -232,8 +232,8 @@ def claim_folder(out_dir: Path, run: dict) -> None:
 
 
 def merge_shards(folder: Path) -> dict:
-    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl,
-    run.json and summary.json, in problem order: the files an unsharded run writes."""
+    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl (and
+    rewritten.jsonl), run.json and summary.json, in problem order: the files an unsharded run writes."""
     shard_dirs = complete_shards(folder, "shard-{i}-of-{n}", "; run astro search --shard I/N for each")
     count = len(shard_dirs)
     runs = []
@@ -246,7 +246,9 @@ def merge_shards(folder: Path) -> dict:
         if changed:
             raise ValueError(f"{folder}: shard {i} of {count} was run with other settings than shard 0 "
                              f"({', '.join(changed[:8])})")
-    trees, traces = [], []
+    rewritten = runs[0]["settings"].get("rewrite", {}).get("enabled", False)  # absent in runs before the option
+    names = ["traces.jsonl"] + ([REWRITTEN_FILE] if rewritten else [])
+    trees, records_of = [], {name: [] for name in names}
     for i, run in enumerate(runs):
         shard_dir = shard_dirs[i]
         by_id = {t.problem_id: t for t in read_trees(shard_dir / "trees.jsonl")} \
@@ -254,13 +256,16 @@ def merge_shards(folder: Path) -> dict:
         if set(by_id) != set(run["problem_ids"]):
             raise ValueError(f"{shard_dir}: {len(set(by_id) & set(run['problem_ids']))} of "
                              f"{len(run['problem_ids'])} trees; rerun shard {i}/{count} to finish it")
-        by_problem: dict[str, list[dict]] = {}
-        for trace in read_jsonl(shard_dir / "traces.jsonl"):
-            by_problem.setdefault(str(trace["problem_id"]), []).append(trace)
-        for problem_id in run["problem_ids"]:
-            trees.append(by_id[problem_id])
-            traces += by_problem.get(problem_id, [])
-    for name, records in (("trees.jsonl", [t.to_dict() for t in trees]), ("traces.jsonl", traces)):
+        trees += [by_id[problem_id] for problem_id in run["problem_ids"]]
+        shard_records = {name: read_jsonl(shard_dir / name) for name in names}
+        if len(shard_records.get(REWRITTEN_FILE, shard_records["traces.jsonl"])) != len(shard_records["traces.jsonl"]):
+            raise ValueError(f"{shard_dir}: {REWRITTEN_FILE} is unfinished; rerun shard {i}/{count} to finish it")
+        for name, records in shard_records.items():
+            by_problem: dict[str, list[dict]] = {}
+            for record in records:
+                by_problem.setdefault(str(record["problem_id"]), []).append(record)
+            records_of[name] += [r for problem_id in run["problem_ids"] for r in by_problem.get(problem_id, [])]
+    for name, records in [("trees.jsonl", [t.to_dict() for t in trees]), *records_of.items()]:
         tmp = folder / f"{name}.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         os.replace(tmp, folder / name)
@@ -292,15 +297,20 @@ def search(parser: ArgumentParser, raw: Namespace) -> dict:
         problems = [problems[i] for i in shard_range(len(problems), *shard)]
         out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
     check_choices(cfg.judge, cfg.proposer, cfg.task)
+    check_rewrite(cfg.rewrite, cfg.proposer)
     claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
                            "problem_ids": [p.id for p in problems]})
     proposer, engine = build_proposer(cfg.proposer, cfg.task, cfg.llm, cfg.engine)
     try:
         parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
         search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, cfg.task, proposer, cfg.self_eval))
+        if cfg.rewrite.enabled and cfg.rewrite.engine is None:  # the search's model rewrites, still loaded
+            rewrite_folder(out_dir, cfg.rewrite, cfg.traces, proposer.engine, proposer.tokenizer)
     finally:
         if engine is not None:
             engine.close()
+    if cfg.rewrite.enabled and cfg.rewrite.engine is not None:  # its own model, once the search's is closed
+        rewrite_folder(out_dir, cfg.rewrite, cfg.traces)
     summary = finish(out_dir)
     if shard is not None:
         print(f"shard {cfg.shard} done in {out_dir}; after all shards: astro search --merge {cfg.out_dir}")

@@ -1,4 +1,5 @@
-"""Search-tree records and their JSONL form (one tree per line, one line per problem).
+"""Search-tree records and their JSONL form (one tree per line, one line per problem); the crash-safe JSONL helpers
+the search's output files share come from `astro_pl.records` (re-exported here).
 
 A tree is a flat list of nodes; node 0 is the root (the problem, no step text). Parent/child links are indices,
 so a tree round-trips through JSON exactly.
@@ -10,6 +11,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from astro_pl.records import append_jsonl, drop_torn_tail, read_jsonl
+
+__all__ = ["Node", "SearchTree", "append_jsonl", "append_tree", "drop_torn_tail", "read_jsonl", "read_trees"]
 
 
 @dataclass

@@ -82,6 +82,13 @@ class Task(ABC):
         """The final answer a response states, or None."""
         return extract_final_answer(text)
 
+    def final_answer(self, text: str, finish_reason: str, score_truncated: bool = False) -> str | None:
+        """The answer a sampled response gives: none when it was cut off at the token limit, since a cut-off ASTRO
+        trace has boxed candidates before doubting them (`score_truncated` takes its last box anyway)."""
+        if finish_reason == "length" and not score_truncated:
+            return None
+        return self.extract_answer(text)
+
     def check(self, answer: str, gold: str) -> bool:
         """Whether an extracted answer equals the gold one (also groups equal wrong answers in search)."""
         return answers_match(answer, gold)

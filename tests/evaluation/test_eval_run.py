@@ -58,6 +58,9 @@ def check_outputs(out_dir: Path, summary: dict, num_problems: dict[str, int], k:
         lengths = [r["length"] for r in records if r["benchmark"] == name]
         assert scores["mean_length"] == pytest.approx(sum(lengths) / len(lengths))
         assert scores["pass@1"] == pytest.approx(sum(r["correct"] for r in records if r["benchmark"] == name) / (n * k))
+        cut = [r for r in records if r["benchmark"] == name and r["finish_reason"] == "length"]
+        assert scores["truncation_rate"] == pytest.approx(len(cut) / (n * k))
+        assert all(r["answer"] is None and not r["correct"] for r in cut)
     assert (out_dir / "backtracks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return records
 
@@ -155,9 +158,49 @@ def test_score_sample_extracts_last_boxed_answer_and_counts_backtracks():
     assert record["answer"] == "5" and record["correct"] is True
     assert record["backtracks"] == 1 and record["reflections"] == 1 and record["length"] == 3
     assert record["grounded_backtracks"] == 1  # "2 + 3" was written before going back to it
-    no_answer = score_sample("synthetic", 3, Problem("p", "q", "5"), 0, Completion("5", [1], [], "length"),
+    no_answer = score_sample("synthetic", 3, Problem("p", "q", "5"), 0, Completion("5", [1], [], "stop"),
                              EvalArgs(model="m", task=ArithmeticTask()))
     assert no_answer["answer"] is None and no_answer["correct"] is False
+
+
+def test_a_cut_off_sample_has_no_answer_even_with_a_correct_earlier_box():
+    from astro_pl.data.problems import Problem
+
+    # An ASTRO-style response that boxed the right answer, doubted it, and ran out of tokens mid-retry.
+    text = ("2 + 3 = 5, so \\boxed{5}\n\nBut wait, are we solving the problem correctly so far? Hmm... Let's go "
+            "back to where we wrote \"2 + 3\" and try a different step from there.\n\n2 + 3 =")
+    problem, cut = Problem("p", "Evaluate 2 + 3.", "5"), Completion(text, [7] * 32, [], "length")
+    record = score_sample("synthetic", 0, problem, 0, cut, EvalArgs(model="m", task=ArithmeticTask()))
+    assert record["answer"] is None and record["correct"] is False and record["finish_reason"] == "length"
+    assert record["backtracks"] == 1  # still counted: the text is analysed, only the answer is withheld
+    old_rule = score_sample("synthetic", 0, problem, 0, cut,
+                            EvalArgs(model="m", task=ArithmeticTask(), score_truncated=True))
+    assert old_rule["answer"] == "5" and old_rule["correct"] is True
+    finished = score_sample("synthetic", 0, problem, 0, cut._replace(finish_reason="stop"),
+                            EvalArgs(model="m", task=ArithmeticTask()))
+    assert finished["correct"] is True
+
+
+def test_cut_off_samples_score_as_no_answer_in_the_summary(tmp_path):
+    """pass@k, maj@k, truncation rate and pass@1 of finished samples from records that `score_sample` made."""
+    from astro_pl.data.problems import Problem
+    from astro_pl.evaluation.report import summarize
+    from astro_pl.evaluation.run import scored_settings
+
+    args = EvalArgs(model="m", task=ArithmeticTask(), num_samples=4, pass_at=[1, 4], maj_at=[4])
+    problem = Problem("p", "Evaluate 2 + 3.", "5")
+    outputs = [("\\boxed{5}", "stop"), ("\\boxed{5} But wait", "length"), ("\\boxed{5} Hmm", "length"),
+               ("\\boxed{6}", "stop")]
+    records = [score_sample("math500", 0, problem, i, Completion(t, [1] * 8, [], reason), args)
+               for i, (t, reason) in enumerate(outputs)]
+    scores = summarize(records, scored_settings(args))["benchmarks"]["math500"]
+    # Only samples 0 ("5", right) and 3 ("6", wrong) have answers: pass@1 = 1/4, maj@4 = tie of 5 and 6 = 0.5.
+    assert scores["pass@1"] == 0.25 and scores["pass@4"] == 1.0 and scores["maj@4"] == 0.5
+    assert scores["truncation_rate"] == 0.5 and scores["pass@1_finished"] == 0.5
+    old = summarize([score_sample("math500", 0, problem, i, Completion(t, [1] * 8, [], reason),
+                                  replace(args, score_truncated=True)) for i, (t, reason) in enumerate(outputs)],
+                    scored_settings(args))["benchmarks"]["math500"]
+    assert old["pass@1"] == 0.75 and old["maj@4"] == 1.0  # the old rule counts the early boxes
 
 
 def test_shards_partition_the_problems():

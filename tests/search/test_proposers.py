@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import random
 
+import pytest
+from scripted_engine import ScriptedEngine
+
+from astro_pl.data.problems import Problem
 from astro_pl.loading import load_tokenizer
 from astro_pl.rewards.math import answers_match
+from astro_pl.search.linearize import TraceArgs, build_traces
 from astro_pl.search.mcts import SearchArgs, search_trees
 from astro_pl.search.proposers import LLMProposerArgs, LLMStepProposer
 from astro_pl.tasks.arithmetic import synthetic_arithmetic
@@ -17,6 +22,42 @@ PROBLEM = "Evaluate 7 + 5 * 3 - 2."
 def test_normalise():
     assert normalise([1.0, 3.0]) == [0.25, 0.75]
     assert normalise([0.0, 0.0]) == [0.5, 0.5]
+
+
+def scripted_steps(steps, rollout_text: str = "So \\boxed{5}") -> ScriptedEngine:
+    """Step calls (stop strings set) answer `steps(prompt)`; rollouts answer `rollout_text`."""
+    return ScriptedEngine(lambda prompt, params: steps(prompt) if params.stop else [rollout_text] * params.n)
+
+
+def test_llm_proposer_drops_empty_steps(tiny_tokenizer):
+    engine = scripted_steps(lambda prompt: ["", "Compute 2 + 3 = 5.", " \n ", "So \\boxed{5}"])
+    proposer = LLMStepProposer(engine, tiny_tokenizer, LLMProposerArgs(seed=0))
+    [steps] = proposer.propose([State("Evaluate 2 + 3.")], 4)
+    assert [s.text for s in steps] == ["Compute 2 + 3 = 5.", "So \\boxed{5}"]
+    assert [s.terminal for s in steps] == [False, True] and sum(s.prior for s in steps) == pytest.approx(1.0)
+    empty = LLMStepProposer(scripted_steps(lambda prompt: ["", "  "]), tiny_tokenizer)
+    assert empty.propose([State("Evaluate 2 + 3.")], 2) == [[]]
+
+
+def test_a_state_whose_samples_are_all_empty_is_a_dead_end(tiny_tokenizer):
+    """First step proposals hold empties; after "Compute 2 + 3 = 6." the model only ends: that leaf is a dead end."""
+    def steps(prompt: str) -> list[str]:
+        if prompt.endswith("6.\n\n"):
+            return ["", "", ""]
+        if prompt.endswith("5.\n\n"):
+            return ["So \\boxed{5}", "", "So \\boxed{4}"]
+        return ["Compute 2 + 3 = 5.", "", "Compute 2 + 3 = 6."]
+
+    proposer = LLMStepProposer(scripted_steps(steps), tiny_tokenizer, LLMProposerArgs(seed=0))
+    args = SearchArgs(iterations=8, num_children=3, num_rollouts=2, max_depth=5, c_puct=2.0, batch_size=1)
+    [tree] = search_trees([Problem("p", "Evaluate 2 + 3.", "5")], proposer, args, answers_match)
+    assert all(n.text.strip() for n in tree.nodes[1:]), "no empty node"
+    assert [tree.nodes[c].text for c in tree.root.children] == ["Compute 2 + 3 = 5.", "Compute 2 + 3 = 6."]
+    dead = tree.nodes[tree.root.children[1]]
+    assert dead.terminal and dead.answer is None and dead.correct is False and dead.value == 0.0 and not dead.children
+    records = build_traces(tree, TraceArgs(num_direct=1, num_search=2, dedupe=False), random.Random(0))
+    assert records and all("\n\n\n" not in r["trace"] for r in records)
+    assert any("Compute 2 + 3 = 6." in r["trace"] for r in records), "the dead end is taught as a wrong attempt"
 
 
 # ---- LLM proposer on the real engine ---------------------------------------------------------------------
@@ -40,12 +81,12 @@ def test_llm_proposer_steps_and_rollouts(vllm_engine, tiny_tokenizer):
     proposer = LLMStepProposer(vllm_engine, tiny_tokenizer, args)
     states = [State("Evaluate 2 + 3 * 4."), State("Evaluate 5 - 1.", ("Compute 5 - 1 = 4.",))]
     proposals = proposer.propose(states, 3)
-    assert [len(p) for p in proposals] == [3, 3]
+    assert all(1 <= len(p) <= 3 for p in proposals)  # empty samples are dropped
     for steps in proposals:
         assert sum(s.prior for s in steps) == pytest.approx(1.0)
         assert all(0 < s.prior < 1 for s in steps)
         assert all("\n\n" not in s.text for s in steps), "sampling stops at the step delimiter"
-        assert all(s.terminal == (s.answer is not None or not s.text) for s in steps)
+        assert all(s.text and s.terminal == (s.answer is not None) for s in steps)
     rollouts = proposer.rollout(states, 4)
     assert [len(r) for r in rollouts] == [4, 4]
     assert all(a is None or isinstance(a, str) for row in rollouts for a in row)
