@@ -107,6 +107,7 @@ def write_eval(folder: Path, texts: list[tuple[str, bool]]) -> None:
         records.append({"benchmark": "synthetic", "problem_id": f"synthetic-{i}", "index": i, "sample": 0,
                         "gold": "14", "answer": "14" if correct else "13", "correct": correct,
                         "backtracks": text.count("Let's go back to"), "reflections": text.count("But wait"),
+                        "grounded_backtracks": text.count("Let's go back to"),
                         "length": len(text.split()), "finish_reason": "stop", "text": text})
     settings = {"num_samples": 1, "pass_at": [1], "maj_at": [], "max_backtracks": 8,
                 "backtrack_phrases": list(BACK), "reflection_phrases": list(REFLECT)}
