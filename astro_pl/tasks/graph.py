@@ -33,6 +33,8 @@ from astro_pl.tasks.base import Split, State, Step, Task, normalise
 _PROBLEM = re.compile(r"edges: (\d+>\d+(?: \d+>\d+)*) \| start (\d+) goal (\d+)")
 _MOVE = re.compile(r"(\d+)>(\d+)")
 _PATH_SEPARATORS = re.compile(r"[\s,>]+")
+MAX_REPEATS = 10_000
+"""Draws in a row that repeat a known graph before the generator gives up."""
 DEAD = "dead"
 """The word a step says at a node with no outgoing edge."""
 
@@ -112,14 +114,20 @@ def graph_key(graph: Graph) -> tuple:
 
 def graph_stream(seed: int, arms: int, arm_length: int, node_min: int, node_max: int, distractors: int,
                  exclude: frozenset = frozenset()) -> Iterator[Graph]:
-    """Endless seeded instances, none repeated and none whose `graph_key` is in `exclude` (other splits)."""
-    rng, seen = random.Random(f"graph:{seed}"), set(exclude)
-    while True:
+    """Endless seeded instances, none repeated and none whose `graph_key` is in `exclude` (other splits); raises
+    once `MAX_REPEATS` draws in a row found nothing new (the id range holds too few distinct graphs)."""
+    rng, seen, repeats = random.Random(f"graph:{seed}"), set(exclude), 0
+    while repeats < MAX_REPEATS:
         graph = path_star(rng, arms, arm_length, node_min, node_max, distractors)
         key = graph_key(graph)
-        if key not in seen:
-            seen.add(key)
-            yield graph
+        if key in seen:
+            repeats += 1
+            continue
+        seen.add(key)
+        repeats = 0
+        yield graph
+    raise ValueError(f"found no new graph in {MAX_REPEATS} draws after {len(seen)}: widen --task.init_args.node_min/"
+                     "node_max or lower num_train/num_val/num_test")
 
 
 def describe_move(graph: Graph, path: Sequence[int], node: int) -> tuple[str, bool, str | None]:
