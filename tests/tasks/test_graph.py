@@ -151,3 +151,17 @@ def test_response_metrics_on_hand_made_traces():
     assert summary == {"responses": 4, "accuracy": 0.5, "first_move_accuracy": 0.5, "dead_calls": 0.5,
                        "grounded_dead_calls": 0.5, "first_attempt_wrong": 0.75, "recovery": 1 / 3, "false_yes": 0.25}
     assert summarize([])["accuracy"] is None
+
+
+def test_tokenizer_keeps_every_node_id_one_token(tmp_path):
+    from astro_pl.modules.tiny_llama import train_tokenizer
+
+    task = GraphTask(num_train=300)
+    texts = [p.problem + " " + p.answer for p in task.problems("train")["graph"]]
+    whole = train_tokenizer(texts, tmp_path / "whole", vocab_size=384, split_digits=False)
+    assert all(len(whole.tokenize(str(n))) == 1 for n in range(10, 100))
+    # the same id after a space, a ">" and a line break is the same token
+    tokens = whole.tokenize("12>57 57>44\n\n57")
+    assert [t for t in tokens if t.isdigit()] == ["12", "57", "57", "44", "57"] and len(set(map(len, tokens))) > 1
+    digits = train_tokenizer(texts, tmp_path / "digits", vocab_size=384)
+    assert digits.tokenize("57") == ["5", "7"]
