@@ -70,7 +70,8 @@ def test_splits_are_seeded_disjoint_and_extend():
     longer = GraphTask(num_train=170, num_val=50, num_test=80, arms=2, arm_length=1, node_min=10, node_max=17)
     assert longer.graphs("train")[:150] == splits["train"]
     with pytest.raises(ValueError, match="found no new graph"):
-        GraphTask(num_train=400, num_val=50, num_test=80, arms=2, arm_length=1, node_min=10, node_max=17).graphs("train")
+        GraphTask(num_train=400, num_val=50, num_test=80, arms=2, arm_length=1, node_min=10,
+                  node_max=17).graphs("train")
     problems = task.problems("test")["graph"]
     assert problems[0].id == "graph-12345-0" and problems[0].answer == " ".join(map(str, gold_path(splits["test"][0])))
 
