@@ -29,8 +29,10 @@ from astro_pl.evaluation.backtracks import (
     DEFAULT_REFLECTION_PHRASES,
     count_backtracks,
     count_reflections,
+    grounded_backtracks,
 )
 from astro_pl.evaluation.report import summarize, write_report
+from astro_pl.options import parse_dataclass
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
 from astro_pl.shards import complete_shards, parse_shard, shard_range
 from astro_pl.tasks.base import Task, describe_task
@@ -162,6 +164,7 @@ def score_sample(benchmark: str, index: int, problem: Problem, sample: int, comp
         "correct": answer is not None and args.task.check(answer, problem.answer),
         "backtracks": count_backtracks(completion.text, args.backtrack_phrases),
         "reflections": count_reflections(completion.text, args.reflection_phrases),
+        "grounded_backtracks": grounded_backtracks(completion.text, args.backtrack_phrases)[0],
         "length": len(completion.token_ids),
         "finish_reason": completion.finish_reason,
         "text": completion.text,
@@ -254,21 +257,7 @@ def merge_shards(folder: str | Path) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> EvalArgs:
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
-    parser = ArgumentParser(prog="astro eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    # the task as its own subclass group, so a task file named in a config resolves beside that config
-    parser.add_class_arguments(EvalArgs, as_group=False, skip={"task"})
-    parser.add_subclass_arguments(Task, "task", required=False,
-                                  help="The domain (class_path + init_args): its `split` problem sets are evaluated.")
-    config = parser.instantiate(parser.parse_args(argv)).as_dict()
-    config.pop("config", None)
-    try:
-        return EvalArgs(**config)
-    except ValueError as e:
-        parser.error(str(e))  # usage and the message, exit code 2
+    return parse_dataclass(EvalArgs, "astro eval", __doc__.split("\n\n")[0], argv, {"task": Task})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""Search-tree records and their JSONL form (one tree per line, one line per problem), and the crash-safe JSONL
-helpers the search's output files share.
+"""Search-tree records and their JSONL form (one tree per line, one line per problem); the crash-safe JSONL helpers
+the search's output files share come from `astro_pl.records` (re-exported here).
 
 A tree is a flat list of nodes; node 0 is the root (the problem, no step text). Parent/child links are indices,
 so a tree round-trips through JSON exactly.
@@ -8,10 +8,13 @@ so a tree round-trips through JSON exactly.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from astro_pl.records import append_jsonl, drop_torn_tail, read_jsonl
+
+__all__ = ["Node", "SearchTree", "append_jsonl", "append_tree", "drop_torn_tail", "read_jsonl", "read_trees"]
 
 
 @dataclass
@@ -129,36 +132,3 @@ def read_trees(path: str | Path) -> Iterator[SearchTree]:
             raise ValueError(f"{path}:{lineno}: not a JSON tree record ({err.msg})") from err
         except (KeyError, TypeError) as err:
             raise ValueError(f"{path}:{lineno}: malformed tree record, field {err}") from err
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cuts a last line that a killed writer left without its newline, so later appends start on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; a bad line raises naming the file and line."""
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not a JSON record ({err.msg})") from err
-    return records
-
-
-def append_jsonl(path: Path, records: Iterable[dict]) -> None:
-    """Appends records in one write and syncs them to disk before returning."""
-    with path.open("a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        f.flush()
-        os.fsync(f.fileno())
