@@ -137,6 +137,7 @@ def test_response_metrics_on_hand_made_traces():
     v = judge_response(HAND, search)
     assert (v.first_attempt_wrong, v.recovered, v.solved, v.false_yes) == (True, True, True, False)
     assert dead_end_calls(HAND, search) == [True]
+    assert dead_end_calls(HAND, "97>57\n\n57>40 dead") == [False]   # 40 has no successor, but 57>40 is no edge
     # an ungrounded "dead" (77 goes on to 71), then a jump that claims a path through a missing edge
     liar = "97>98\n\n98>77 dead\n\nback to start\n\n97>57\n\n57>71 \\boxed{97 57 71}"
     v = judge_response(HAND, liar)
