@@ -14,7 +14,7 @@ from scale_helpers import REPO, run, run_env
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check_common", REPO / "bench" / "gpu_sections" / "common.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -49,6 +49,7 @@ def test_smoke_run_prints_one_json_line_from_real_training_steps(tmp_path):
 
     updates = [result[f"rl_update_{name}"] for name in ("seqs2", "seqs8", "seqs8_tokens17408")]
     assert [u["sequences"] for u in updates] == [8, 8, 8]
+    assert all(u["prompt_tokens_mean"] == 16 for u in updates)  # the bench task's prompts: --rl_prompt_len tokens
     assert updates[0]["passes"] == 4 and updates[1]["passes"] == 1 and 1 < updates[2]["passes"] < 8
     # micro-batching changes how the batch is cut, not the gradient: the second step's loss agrees
     losses = [u["loss_last"] for u in updates]
