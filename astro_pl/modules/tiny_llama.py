@@ -38,15 +38,18 @@ QWEN3_THINK_TOKENS = ["<think>", "</think>"]
 ordinary added tokens, so they stay in decoded text where the trace's reasoning starts and ends."""
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512,
+                    split_digits: bool = True) -> PreTrainedTokenizerFast:
     """Trains a byte-level BPE tokenizer with BOS/EOS/PAD and the plain chat template, and saves it.
 
-    Digits are split one per token (as in Llama 3 / Qwen): a number is then spelled the same way wherever it
-    appears, which is what lets a tiny model learn arithmetic from a few thousand traces.
+    With `split_digits`, digits are split one per token (as in Llama 3 / Qwen): a number is then spelled the same
+    way wherever it appears, which is what lets a tiny model learn arithmetic from a few thousand traces. Without
+    it, a run of digits is still cut off from the text around it (so "57" is the same token after a space, a ">"
+    or a line break) and BPE may merge it whole: one token per node id of the graph task.
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [pre_tokenizers.Digits(individual_digits=split_digits), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -156,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--architecture", type=Literal[tuple(ARCHITECTURES)], default="llama",
                         help="Model family: llama, qwen2 (q/k/v biases) or qwen3 (q/k norms, thinking template).")
     parser.add_argument("--vocab_size", type=int, default=512)
+    parser.add_argument("--split_digits", type=bool, default=True,
+                        help="One token per digit (arithmetic); false lets BPE keep numbers whole (graph node ids).")
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_hidden_layers", type=int, default=2)
     parser.add_argument("--num_attention_heads", type=int, default=2)
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                     yield from (str(row[k]) for k in cfg.fields if k in row)
 
     out = Path(cfg.out)
-    train_tokenizer(texts(), out / "tokenizer", vocab_size=cfg.vocab_size)
+    train_tokenizer(texts(), out / "tokenizer", vocab_size=cfg.vocab_size, split_digits=cfg.split_digits)
     sizes = dict(
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_hidden_layers,

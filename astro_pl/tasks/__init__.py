@@ -2,6 +2,7 @@
 
 from astro_pl.tasks.arithmetic import ArithmeticTask
 from astro_pl.tasks.base import Split, State, Step, StepProposer, Task, flat_problems
+from astro_pl.tasks.graph import GraphTask
 from astro_pl.tasks.math import MathTask
 
-__all__ = ["ArithmeticTask", "MathTask", "Split", "State", "Step", "StepProposer", "Task", "flat_problems"]
+__all__ = ["ArithmeticTask", "GraphTask", "MathTask", "Split", "State", "Step", "StepProposer", "Task", "flat_problems"]

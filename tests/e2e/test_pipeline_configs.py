@@ -12,7 +12,8 @@ from astro_pl import cli
 from astro_pl.pipeline import substitute
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINES = [REPO / "configs/quickstart.yaml", *sorted((REPO / "configs/ablation").glob("*.yaml"))]
+PIPELINES = [REPO / "configs/quickstart.yaml", REPO / "configs/graph_quickstart.yaml",
+             *sorted((REPO / "configs/ablation").glob("*.yaml"))]
 STAGES = [(p, s) for p in PIPELINES for s in yaml.safe_load(p.read_text())["stages"]]
 
 

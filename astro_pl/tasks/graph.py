@@ -1,0 +1,310 @@
+"""Path finding in a graph given in the prompt: the path-star task (Bachmann & Nagarajan 2024) where search pays.
+
+A start node S has `arms` arms, each a chain of `arm_length` nodes; one arm ends at the goal G, the others at dead
+ends (no outgoing edge). Optional distractors hang one-node dead ends off S and the arms' inner nodes, so a trace
+may go back to a step in the middle of an arm. Node ids are drawn from a range (one token each once the tokenizer
+keeps numbers whole: `astro tiny-model --split_digits false`) and the edge list is shuffled, so the first move needs
+look-ahead, while checking a move is a lookup in the prompt: the setting where our pilot found ASTRO traces beat
+direct ones (../shared/ASTRO.md, last section).
+
+    problem: "edges: 12>57 57>44 97>57 ... | start 97 goal 71"      gold: "97 98 77 71"
+    steps:   "97>57"  "57>44"  "44>43 dead"  (back)  "97>98"  "98>77"  "77>71 \\boxed{97 98 77 71}"
+
+- `ScriptedGraphTeacher` is an environment: a step moves along one outgoing edge of the current node; a dead end
+  ("dead") and the goal (the walked path in `\\boxed{}`) are terminals. A dead end's `Step.answer` is its walked
+  path, which never equals the gold (that ends at G), so Algorithm 1 counts each dead end as its own wrong attempt
+  (answerless terminals would all count as one, allowing a single backtrack per trace).
+- `GraphTask.sound` accepts a path only if every step is a move along a prompt edge from the current node, in the
+  teacher's wording. Answers are parsed, never evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from astro_pl.data.problems import Problem
+from astro_pl.tasks.base import Split, State, Step, Task, normalise
+
+_PROBLEM = re.compile(r"edges: (\d+>\d+(?: \d+>\d+)*) \| start (\d+) goal (\d+)")
+_MOVE = re.compile(r"(\d+)>(\d+)")
+_PATH_SEPARATORS = re.compile(r"[\s,>]+")
+MAX_REPEATS = 10_000
+"""Draws in a row that repeat a known graph before the generator gives up."""
+DEAD = "dead"
+"""The word a step says at a node with no outgoing edge."""
+
+
+class Graph(NamedTuple):
+    """One instance: directed edges (in prompt order), start and goal node."""
+
+    edges: tuple[tuple[int, int], ...]
+    start: int
+    goal: int
+
+    def successors(self, node: int) -> list[int]:
+        return [b for a, b in self.edges if a == node]
+
+
+def format_graph(graph: Graph) -> str:
+    """The problem text: "edges: 12>57 57>44 | start 97 goal 71"."""
+    edges = " ".join(f"{a}>{b}" for a, b in graph.edges)
+    return f"edges: {edges} | start {graph.start} goal {graph.goal}"
+
+
+def parse_graph(text: str) -> Graph | None:
+    """The graph of a problem text (`format_graph`'s format), or None for any other text."""
+    match = _PROBLEM.fullmatch(text.strip())
+    if match is None:
+        return None
+    edges = tuple((int(a), int(b)) for a, b in _MOVE.findall(match.group(1)))
+    return Graph(edges, int(match.group(2)), int(match.group(3)))
+
+
+def parse_path(text: str) -> tuple[int, ...] | None:
+    """Node ids of an answer "97 98 77 71" (also "97>98>77>71" or commas), or None if anything else is in it."""
+    parts = [p for p in _PATH_SEPARATORS.split(text.strip()) if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def format_path(path: Sequence[int]) -> str:
+    return " ".join(str(n) for n in path)
+
+
+def valid_path(edges: Sequence[tuple[int, int]], start: int, goal: int, path: Sequence[int]) -> bool:
+    """Whether `path` runs from `start` to `goal` along `edges` only."""
+    edge_set = set(edges)
+    return (len(path) >= 2 and path[0] == start and path[-1] == goal
+            and all((a, b) in edge_set for a, b in zip(path, path[1:], strict=False)))
+
+
+def gold_path(graph: Graph) -> tuple[int, ...]:
+    """The unique start-to-goal path (depth-first; the path-star graph is a tree rooted at the start)."""
+    stack = [(graph.start,)]
+    while stack:
+        path = stack.pop()
+        if path[-1] == graph.goal:
+            return path
+        stack.extend(path + (b,) for b in graph.successors(path[-1]) if b not in path)
+    raise ValueError(f"no path from {graph.start} to {graph.goal}")
+
+
+def path_star(rng: random.Random, arms: int, arm_length: int, node_min: int, node_max: int,
+              distractors: int = 0) -> Graph:
+    """One random path-star instance: distinct node ids, the goal arm chosen at random, edges shuffled."""
+    ids = rng.sample(range(node_min, node_max + 1), 1 + arms * arm_length + distractors)
+    start, chains = ids[0], [ids[1 + i * arm_length: 1 + (i + 1) * arm_length] for i in range(arms)]
+    edges = [(a, b) for chain in chains for a, b in zip([start, *chain], chain, strict=False)]
+    inner = [start] + [node for chain in chains for node in chain[:-1]]
+    edges += [(rng.choice(inner), leaf) for leaf in ids[1 + arms * arm_length:]]
+    rng.shuffle(edges)
+    return Graph(tuple(edges), start, rng.choice(chains)[-1])
+
+
+def graph_key(graph: Graph) -> tuple:
+    """What makes two instances the same problem, whatever the order of their edges."""
+    return frozenset(graph.edges), graph.start, graph.goal
+
+
+def graph_stream(seed: int, arms: int, arm_length: int, node_min: int, node_max: int, distractors: int,
+                 exclude: frozenset = frozenset()) -> Iterator[Graph]:
+    """Endless seeded instances, none repeated and none whose `graph_key` is in `exclude` (other splits); raises
+    once `MAX_REPEATS` draws in a row found nothing new (the id range holds too few distinct graphs)."""
+    rng, seen, repeats = random.Random(f"graph:{seed}"), set(exclude), 0
+    while repeats < MAX_REPEATS:
+        graph = path_star(rng, arms, arm_length, node_min, node_max, distractors)
+        key = graph_key(graph)
+        if key in seen:
+            repeats += 1
+            continue
+        seen.add(key)
+        repeats = 0
+        yield graph
+    raise ValueError(f"found no new graph in {MAX_REPEATS} draws after {len(seen)}: widen --task.init_args.node_min/"
+                     "node_max or lower num_train/num_val/num_test")
+
+
+def describe_move(graph: Graph, path: Sequence[int], node: int) -> tuple[str, bool, str | None]:
+    """The step moving from the end of `path` to `node`: (text, terminal, answer). A dead end says "dead" and its
+    answer is the walked path (a wrong attempt); the goal states the path in `\\boxed{}`."""
+    walked = format_path([*path, node])
+    text = f"{path[-1]}>{node}"
+    if node == graph.goal:
+        return f"{text} \\boxed{{{walked}}}", True, walked
+    if not graph.successors(node):
+        return f"{text} {DEAD}", True, walked
+    return text, False, None
+
+
+def walked_path(graph: Graph, steps: Sequence[str]) -> list[int]:
+    """The nodes a state's steps walked, from the start (each step's move "a>b" gives the next node b)."""
+    path = [graph.start]
+    for step in steps:
+        match = _MOVE.match(step.strip())
+        if match is None:
+            raise ValueError(f"not a graph step: {step!r}")
+        path.append(int(match.group(2)))
+    return path
+
+
+@dataclass
+class GraphTeacherArgs:
+    """The scripted graph teacher.
+
+    Args:
+        prior_noise: Std of the log-normal noise on each proposed move's prior (1 before normalisation): the prior
+            carries no look-ahead, as a model guessing the first move would.
+        seed: Seed of the teacher's random streams (one per state and call kind).
+    """
+
+    prior_noise: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prior_noise < 0:
+            raise ValueError(f"--teacher.prior_noise must be >= 0, got {self.prior_noise}")
+
+
+class ScriptedGraphTeacher:
+    """Moves along the prompt's edges: proposals are the current node's successors, rollouts random walks."""
+
+    def __init__(self, args: GraphTeacherArgs | None = None):
+        self.args = args or GraphTeacherArgs()
+
+    def rng(self, kind: str, state: State) -> random.Random:
+        """The stream of one (kind, state), independent of batching (as the arithmetic teacher's)."""
+        return random.Random("\x1f".join([str(self.args.seed), kind, state.problem, *state.steps]))
+
+    @staticmethod
+    def position(state: State) -> tuple[Graph, list[int]]:
+        graph = parse_graph(state.problem)
+        if graph is None:
+            raise ValueError(f"the graph teacher only solves 'edges: ... | start S goal G' problems, got "
+                             f"{state.problem!r}")
+        return graph, walked_path(graph, state.steps)
+
+    def propose(self, states: Sequence[State], k: int) -> list[list[Step]]:
+        proposals = []
+        for state in states:
+            (graph, path), rng = self.position(state), self.rng("propose", state)
+            nodes = graph.successors(path[-1])
+            rng.shuffle(nodes)
+            nodes = nodes[:k]
+            weights = [math.exp(rng.gauss(0.0, self.args.prior_noise)) for _ in nodes]
+            steps = [describe_move(graph, path, node) for node in nodes]
+            proposals.append([Step(text, prior, terminal, answer)
+                              for (text, terminal, answer), prior in zip(steps, normalise(weights), strict=True)]
+                             if nodes else [])
+        return proposals
+
+    def rollout(self, states: Sequence[State], m: int) -> list[list[str | None]]:
+        answers = []
+        for state in states:
+            (graph, start), rng = self.position(state), self.rng("rollout", state)
+            finals = []
+            for _ in range(m):
+                path = list(start)
+                while nodes := graph.successors(path[-1]):
+                    path.append(rng.choice(nodes))
+                finals.append(format_path(path))
+            answers.append(finals)
+        return answers
+
+
+def sound_steps(problem: str, steps: Sequence[str]) -> bool:
+    """Whether every step moves along a prompt edge from the node the path is at, in the teacher's wording (so a
+    "dead" only at a node without successors and a box only at the goal, holding the walked path)."""
+    graph = parse_graph(problem)
+    if graph is None:
+        return False
+    path = [graph.start]
+    for step in steps:
+        match = _MOVE.match(step.strip())
+        if match is None or int(match.group(1)) != path[-1] or (path[-1], int(match.group(2))) not in graph.edges:
+            return False
+        node = int(match.group(2))
+        if path[-1] == graph.goal or describe_move(graph, path, node)[0] != step.strip():
+            return False
+        path.append(node)
+    return True
+
+
+class GraphTask(Task):
+    """Seeded path-star graphs: train, validation and test sets from three seeds, disjoint instances.
+
+    Args:
+        num_train: Training graphs (search expands them, RL samples prompts from them).
+        num_val: Validation graphs (settings are picked on these, never on test).
+        num_test: Test graphs (`astro eval`).
+        seed: Seed of the training graphs; a larger `num_train` extends the same list.
+        val_seed: Seed of the validation graphs.
+        test_seed: Seed of the test graphs.
+        arms: Arms leaving the start node; one reaches the goal (one-shot guessing is right 1/arms of the time).
+        arm_length: Nodes per arm.
+        node_min: Smallest node id.
+        node_max: Largest node id (ids are distinct within a graph).
+        distractors: One-node dead ends hung off the start and the arms' inner nodes.
+        teacher: The scripted teacher's prior noise, for `astro search`.
+        system_prompt: Optional system turn.
+    """
+
+    def __init__(self, num_train: int = 512, num_val: int = 32, num_test: int = 100, seed: int = 0,
+                 val_seed: int = 1_000_003, test_seed: int = 12345, arms: int = 3, arm_length: int = 3,
+                 node_min: int = 10, node_max: int = 99, distractors: int = 0,
+                 teacher: GraphTeacherArgs | None = None, system_prompt: str | None = None):
+        super().__init__(system_prompt)
+        for flag, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
+                            ("distractors", distractors)):
+            if value < 0:
+                raise ValueError(f"--task.init_args.{flag} must be >= 0, got {value}")
+        if arms < 2:
+            raise ValueError(f"--task.init_args.arms must be >= 2 (one arm leaves nothing to search), got {arms}")
+        if arm_length < 1:
+            raise ValueError(f"--task.init_args.arm_length must be >= 1, got {arm_length}")
+        if not 0 <= node_min <= node_max:
+            raise ValueError(f"--task.init_args.node_min/node_max need 0 <= min <= max, got {node_min}, {node_max}")
+        if node_max - node_min + 1 < 1 + arms * arm_length + distractors:
+            raise ValueError(f"--task.init_args.node_min..node_max holds {node_max - node_min + 1} ids, fewer than "
+                             f"the {1 + arms * arm_length + distractors} nodes of a graph")
+        if len({seed, val_seed, test_seed}) < 3:
+            raise ValueError("--task.init_args.seed, val_seed and test_seed must differ")
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.seeds = {"train": seed, "val": val_seed, "test": test_seed}
+        self.shape = dict(arms=arms, arm_length=arm_length, node_min=node_min, node_max=node_max,
+                          distractors=distractors)
+        self.teacher_args = teacher or GraphTeacherArgs()
+
+    def graphs(self, split: Split) -> list[Graph]:
+        """The instances of `split`: test first, then validation without test's, then train without both."""
+        exclude: frozenset = frozenset()
+        for name in ("test", "val", "train"):
+            stream = graph_stream(self.seeds[name], exclude=exclude, **self.shape)
+            graphs = [next(stream) for _ in range(self.sizes[name])]
+            if name == split:
+                return graphs
+            exclude = exclude | {graph_key(g) for g in graphs}
+        raise ValueError(f"unknown split {split!r}")
+
+    def problems(self, split: Split) -> dict[str, list[Problem]]:
+        seed = self.seeds[split]
+        return {"graph": [Problem(id=f"graph-{seed}-{i}", problem=format_graph(g), answer=format_path(gold_path(g)),
+                                  subject="graph", level=self.shape["arms"])
+                          for i, g in enumerate(self.graphs(split))]}
+
+    def check(self, answer: str, gold: str) -> bool:
+        """Equal paths after normalising separators (the start-to-goal path of a path-star graph is unique, so
+        this is `valid_path` for a gold answer; wrong attempts group by their path)."""
+        path = parse_path(answer)
+        return path is not None and path == parse_path(gold)
+
+    def teacher(self) -> ScriptedGraphTeacher:
+        return ScriptedGraphTeacher(self.teacher_args)
+
+    def sound(self, problem: str, steps: Sequence[str]) -> bool:
+        return sound_steps(problem, steps)
