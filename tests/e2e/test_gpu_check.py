@@ -1,4 +1,5 @@
-"""bench/gpu_check: the FLOP arithmetic, and a `--smoke` run on CPU through the real SFT and RL modules."""
+"""bench/gpu_check: the FLOP arithmetic (bench/gpu_sections/common.py), and a `--smoke` run on CPU through the real
+SFT and RL modules."""
 
 from __future__ import annotations
 
@@ -13,20 +14,20 @@ from scale_helpers import REPO, run, run_env
 
 
 @pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+def common():
+    spec = importlib.util.spec_from_file_location("gpu_check_common", REPO / "bench" / "gpu_sections" / "common.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_flops_and_peak_detection(gpu_check):
+def test_flops_and_peak_detection(common):
     # Llama-3.2-1B shape at 4096 attended tokens: 6 * 1.236e9 + 12 * 16 * 2048 * 4096 = 7.416e9 + 1.611e9
-    assert gpu_check.flops_per_token(1_235_814_400, 16, 2048, 4096) == 6 * 1_235_814_400 + 12 * 16 * 2048 * 4096
-    assert gpu_check.peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
-    assert gpu_check.peak_flops("NVIDIA H100 PCIe", None) == 756e12
-    assert gpu_check.peak_flops("NVIDIA H200", None) == 989e12
-    assert gpu_check.peak_flops("cpu", None) is None and gpu_check.peak_flops("cpu", 1.5) == 1.5e12
+    assert common.flops_per_token(1_235_814_400, 16, 2048, 4096) == 6 * 1_235_814_400 + 12 * 16 * 2048 * 4096
+    assert common.peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
+    assert common.peak_flops("NVIDIA H100 PCIe", None) == 756e12
+    assert common.peak_flops("NVIDIA H200", None) == 989e12
+    assert common.peak_flops("cpu", None) is None and common.peak_flops("cpu", 1.5) == 1.5e12
 
 
 def test_smoke_run_prints_one_json_line_from_real_training_steps(tmp_path):
@@ -49,6 +50,7 @@ def test_smoke_run_prints_one_json_line_from_real_training_steps(tmp_path):
 
     updates = [result[f"rl_update_{name}"] for name in ("seqs2", "seqs8", "seqs8_tokens17408")]
     assert [u["sequences"] for u in updates] == [8, 8, 8]
+    assert all(u["prompt_tokens_mean"] == 16 for u in updates)  # the bench task's prompts: --rl_prompt_len tokens
     assert updates[0]["passes"] == 4 and updates[1]["passes"] == 1 and 1 < updates[2]["passes"] < 8
     # micro-batching changes how the batch is cut, not the gradient: the second step's loss agrees
     losses = [u["loss_last"] for u in updates]
