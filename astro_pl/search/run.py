@@ -18,7 +18,6 @@ gives the files an unsharded run writes.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -31,9 +30,20 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsin
 from tqdm import tqdm
 
 from astro_pl.datamodules.chat import render_prompt
+from astro_pl.errors import UsageError
 from astro_pl.datamodules.problems import Problem, load_benchmark, parse_arithmetic, synthetic_arithmetic
 from astro_pl.rewards.math import answers_match
 from astro_pl.rollout.base import EngineArgs, RolloutEngine
+from astro_pl.runfiles import (
+    append_jsonl,
+    claim,
+    drop_torn_tail,
+    read_json,
+    read_jsonl,
+    to_line,
+    write_json,
+    write_jsonl,
+)
 from astro_pl.search.linearize import SelfEvaluationJudge, SoundnessJudge, TraceArgs, build_traces
 from astro_pl.search.mcts import SearchArgs, search_trees
 from astro_pl.search.proposers import (
@@ -62,6 +72,8 @@ class ProblemArgs:
         operators: Operators of the synthetic expressions ("+-*", or "+-" for tiny models).
         operand_max: Largest synthetic operand (smaller: fewer arithmetic facts for a tiny model to learn).
         seed: Seed of the synthetic problems.
+        max_chars: Longest problem text searched; a longer one is refused by id (its steps would cost time
+            growing with the square of its length and stall its whole batch).
     """
 
     source: str = "synthetic"
@@ -72,10 +84,13 @@ class ProblemArgs:
     operators: str = "+-*"
     operand_max: int = 9
     seed: int = 0
+    max_chars: int = 20_000
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--problems.limit must be >= 0, got {self.limit}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--problems.limit must be >= 1, got {self.limit}")
+        if self.max_chars < 1:
+            raise UsageError(f"--problems.max_chars must be >= 1, got {self.max_chars}")
 
     def load(self) -> list[Problem]:
         if self.source == "synthetic":
@@ -89,6 +104,12 @@ class ProblemArgs:
         duplicates = [pid for pid, count in Counter(p.id for p in problems).items() if count > 1]
         if duplicates:
             raise ValueError(f"--problems.source {self.source!r}: duplicate problem ids {duplicates[:5]}")
+        if not problems:
+            raise UsageError(f"--problems.source {self.source!r}: no problems to search")
+        too_long = next((p for p in problems if len(p.problem) > self.max_chars), None)
+        if too_long is not None:
+            raise UsageError(f"--problems.source {self.source!r}: problem {too_long.id!r} has "
+                             f"{len(too_long.problem)} characters, over --problems.max_chars {self.max_chars}")
         return problems
 
 
@@ -117,7 +138,8 @@ class SelfEvalArgs:
 
 def build_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog="astro search", description="MCTS over solution steps, then ASTRO traces.")
+    parser = ArgumentParser(prog="astro search", description="MCTS over solution steps, then ASTRO traces.",
+                            exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
     parser.add_argument("--out_dir", type=str | None, default=None,
                         help="Folder for trees.jsonl, traces.jsonl, run.json and summary.json (shards: subfolders).")
@@ -179,54 +201,41 @@ def build_judge(kind: str, proposer: StepProposer, args: SelfEvalArgs) -> Soundn
     return None
 
 
-# ---- crash-safe output -------------------------------------------------------------------------------------
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cuts a last line that a killed writer left without its newline, so later appends start on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; a bad line raises naming the file and line."""
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not a JSON record ({err.msg})") from err
-    return records
+# ---- crash-safe output (the file primitives live in astro_pl.runfiles) ----------------------------------------
 
 
 def resume(trees_path: Path, traces_path: Path) -> set[str]:
-    """Repairs the output after a kill and returns the ids of problems whose tree (and traces) are complete."""
+    """Repairs the output after a kill and returns the ids of problems whose tree (and traces) are complete.
+
+    Drops a torn last line, traces whose tree was not written (their problem is searched again), and repeated
+    trees and traces of one problem (two runs that wrote into one folder before folders were locked).
+    """
     drop_torn_tail(trees_path)
     drop_torn_tail(traces_path)
+    trees = read_jsonl(trees_path)
+    first = {}
+    for tree in trees:
+        first.setdefault(str(tree.get("problem_id")), tree)
+    if len(first) != len(trees):
+        list(read_trees(trees_path))  # validates every tree before any rewrite
+        write_jsonl(trees_path, first.values())
     done = {tree.problem_id for tree in read_trees(trees_path)} if trees_path.exists() else set()
     traces = read_jsonl(traces_path)
-    kept = [t for t in traces if str(t["problem_id"]) in done]
-    if len(kept) != len(traces):  # traces of a tree that was not written: its problem will be searched again
-        tmp = traces_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in kept), encoding="utf-8")
-        os.replace(tmp, traces_path)
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for trace in traces:
+        key = (str(trace.get("problem_id")), to_line(trace))
+        if key[0] in done and key not in seen:
+            seen.add(key)
+            kept.append(trace)
+    if len(kept) != len(traces):
+        write_jsonl(traces_path, kept)
     return done
 
 
 def write_tree(tree: SearchTree, traces: list[dict], trees_path: Path, traces_path: Path) -> None:
     """Traces first, then the tree: the tree line is the commit mark that `resume` trusts."""
-    with traces_path.open("a", encoding="utf-8") as f:
-        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in traces)
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(traces_path, traces)
     append_tree(trees_path, tree)
 
 
@@ -281,12 +290,6 @@ def differing_keys(a: dict, b: dict) -> list[str]:
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<unset>") != fb.get(k, "<unset>"))
 
 
-def write_json(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def claim_folder(out_dir: Path, run: dict) -> None:
     """Writes run.json (settings, shard, problem ids), refusing a folder whose trees came from other settings.
 
@@ -294,7 +297,7 @@ def claim_folder(out_dir: Path, run: dict) -> None:
     """
     path, trees = out_dir / "run.json", out_dir / "trees.jsonl"
     if path.exists() and trees.exists() and trees.stat().st_size > 0:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
+        earlier = read_json(path)
         changed = differing_keys(earlier, run)
         if changed:
             raise ValueError(f"{path}: {out_dir} holds a run with other settings ({', '.join(changed[:8])}); "
@@ -313,7 +316,7 @@ def merge_shards(folder: Path) -> dict:
         path = shard_dirs[i] / "run.json"
         if not path.exists():
             raise ValueError(f"{path}: missing; shard {i} of {count} has not started")
-        runs.append(json.loads(path.read_text(encoding="utf-8")))
+        runs.append(read_json(path))
         changed = differing_keys(runs[0]["settings"], runs[i]["settings"])
         if changed:
             raise ValueError(f"{folder}: shard {i} of {count} was run with other settings than shard 0 "
@@ -332,10 +335,8 @@ def merge_shards(folder: Path) -> dict:
         for problem_id in run["problem_ids"]:
             trees.append(by_id[problem_id])
             traces += by_problem.get(problem_id, [])
-    for name, records in (("trees.jsonl", [t.to_dict() for t in trees]), ("traces.jsonl", traces)):
-        tmp = folder / f"{name}.tmp"
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, folder / name)
+    write_jsonl(folder / "trees.jsonl", [t.to_dict() for t in trees])
+    write_jsonl(folder / "traces.jsonl", traces)
     write_json(folder / "run.json", {"settings": runs[0]["settings"], "shard": None,
                                      "problem_ids": [pid for run in runs for pid in run["problem_ids"]]})
     return finish(folder)
@@ -343,44 +344,41 @@ def merge_shards(folder: Path) -> dict:
 
 def finish(out_dir: Path) -> dict:
     summary = summarize(out_dir / "trees.jsonl", out_dir / "traces.jsonl")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Flag, file and settings errors raise UsageError/ValueError naming the flag, or the file, line and field;
+    the `astro` dispatch prints them as one line."""
     parser = build_parser()
     raw = parser.parse_args(argv)
     if raw.merge:
-        try:
+        with claim(raw.merge, "--merge"):
             merge_shards(Path(raw.merge))
-        except ValueError as err:
-            parser.error(str(err))
         return 0
-    try:  # the Args dataclasses and problem loaders raise ValueError naming the flag, or the file, line and field
-        if raw.out_dir is None:
-            raise ValueError("--out_dir is required (or --merge DIR to combine shards)")
-        cfg = parser.instantiate(raw)
-        problems = cfg.problems.load()
-        out_dir, shard = Path(cfg.out_dir), None
-        if cfg.shard is not None:
-
-            shard = parse_shard(cfg.shard)
-            problems = [problems[i] for i in shard_range(len(problems), *shard)]
-            out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
-        check_judge(cfg.judge, cfg.proposer, problems)
+    if raw.out_dir is None:
+        raise UsageError("--out_dir is required (or --merge DIR to combine shards)")
+    cfg = parser.instantiate(raw)
+    problems = cfg.problems.load()
+    out_dir, shard = Path(cfg.out_dir), None
+    if cfg.shard is not None:
+        shard = parse_shard(cfg.shard)
+        problems = [problems[i] for i in shard_range(len(problems), *shard)]
+        out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
+    check_judge(cfg.judge, cfg.proposer, problems)
+    with claim(out_dir):
         claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
                                "problem_ids": [p.id for p in problems]})
         proposer, engine = build_proposer(cfg.proposer, cfg.teacher, cfg.llm, cfg.engine_kind, cfg.engine)
-    except ValueError as err:
-        parser.error(str(err))
-    try:
-        parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
-        search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, proposer, cfg.self_eval))
-    finally:
-        if engine is not None:
-            engine.close()
-    finish(out_dir)
+        try:
+            parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
+            search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, proposer, cfg.self_eval))
+        finally:
+            if engine is not None:
+                engine.close()
+        finish(out_dir)
     if shard is not None:
         print(f"shard {cfg.shard} done in {out_dir}; after all shards: astro search --merge {cfg.out_dir}")
     return 0
