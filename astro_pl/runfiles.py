@@ -120,15 +120,16 @@ def read_json(path: str | Path, missing_ok: bool = False) -> dict | None:
 
 
 @contextmanager
-def claim(folder: str | Path, flag: str = "--out_dir") -> Iterator[Path]:
-    """Holds `folder` for one writer while the block runs; a second writer fails at once naming the holder.
+def claim(folder: str | Path, flag: str = "--out_dir", part: str = "") -> Iterator[Path]:
+    """Holds `folder` (or one `part` of it, e.g. a shard's files) for one writer while the block runs; a second
+    writer fails at once naming the holder.
 
-    The lock is `fcntl.flock` on `<folder>/.lock` (holding the owner's pid): the kernel drops it when the owner
-    exits or is killed, so a stale lock file never blocks a rerun.
+    The lock is `fcntl.flock` on `<folder>/.lock[part]` (holding the owner's pid): the kernel drops it when the
+    owner exits or is killed, so a stale lock file never blocks a rerun.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / f"{LOCK_NAME}{part}", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
