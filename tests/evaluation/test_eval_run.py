@@ -89,7 +89,7 @@ def test_hf_shards_merge_to_the_same_summary(hf_engine, tiny_model_dir, tmp_path
     summary = evaluate(args, engine=hf_engine)
     for i in range(2):
         evaluate(replace(args, out_dir=str(tmp_path / "shards"), shard=f"{i}/2"), engine=hf_engine)
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir() if not p.name.startswith(".")) == [
         "samples.shard-0-of-2.jsonl", "samples.shard-1-of-2.jsonl", "settings.shard-0-of-2.json",
         "settings.shard-1-of-2.json"]
     assert merge_shards(tmp_path / "shards") == summary
