@@ -71,11 +71,22 @@ def drop_torn_tail(path: str | Path) -> None:
         f.truncate(0)
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Gives an OSError raised by a write (full disk: no file name) the path it was writing."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
 def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     """Appends records, one line each, and fsyncs them: a finished record survives a kill or power loss."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
+    with naming(path), path.open("a", encoding="utf-8") as f:
         f.writelines(to_line(r) for r in records)
         f.flush()
         os.fsync(f.fileno())
@@ -87,7 +98,7 @@ def write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
+        with naming(path), tmp.open("w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
