@@ -65,8 +65,8 @@ def record_difference(earlier: dict, now: dict) -> str:
     old, new = earlier.get("command", []), now["command"]
     for i, (a, b) in enumerate(zip(old, new)):
         if a != b:
-            flag = f" (after {old[i - 1]})" if i and old[i - 1].startswith("--") else ""
-            return f"argument {i + 1}{flag} was {a!r}, now {b!r}"
+            what = old[i - 1] if i and old[i - 1].startswith("--") else f"argument {i + 1}"
+            return f"{what} was {a!r}, now {b!r}"
     if len(old) != len(new):
         return f"the command had {len(old)} arguments, now {len(new)}"
     changed = sorted(k for k in earlier.get("config_files", {}).keys() | now["config_files"].keys()

@@ -120,6 +120,7 @@ def check_links(nodes: list[Node]) -> None:
                 raise ValueError(f"nodes[0].parent: {node.parent!r}, the root has none")
         elif not isinstance(node.parent, int) or not 0 <= node.parent < i:
             raise ValueError(f"nodes[{i}].parent: {node.parent!r} is not an earlier node (missing parent or cycle)")
+    for i, node in enumerate(nodes):
         for child in node.children:
             if not isinstance(child, int) or not 0 < child < len(nodes) or nodes[child].parent != i:
                 raise ValueError(f"nodes[{i}].children: {child!r} is not a node whose parent is {i}")
