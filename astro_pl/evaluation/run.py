@@ -356,7 +356,7 @@ def merge_shards(folder: str | Path) -> dict:
         raise ValueError(f"{folder}: the shards were run with different settings")
     records = []
     for i, block in enumerate(blocks):
-        shard_records = read_jsonl(folder / f"samples.shard-{i}-of-{count}.jsonl", missing_ok=False)
+        shard_records = read_jsonl(folder / f"samples.shard-{i}-of-{count}.jsonl")
         start, stop = block.get("shard_problems", (None, None))
         expected = {(index, k) for index in range(start or 0, stop or 0) for k in range(settings[0]["num_samples"])}
         if start is None or {(r["index"], r["sample"]) for r in shard_records} != expected \

@@ -54,7 +54,8 @@ def digests(files: list[str]) -> dict[str, str | None]:
     return {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).exists() else None for f in files}
 
 
-def check_case(case: Case, paths: dict[str, Path | str], capsys, timeout: float = 0) -> None:
+def check_case(case: Case, paths: dict[str, Path | str], capsys, timeout: float = 0,
+               env: dict[str, str] | None = None, preexec_fn=None) -> None:
     """Runs the case through the `astro` dispatch (in process, or as a subprocess with `timeout` to catch hangs)
     and checks its exit code, its one error line, and the files it must not touch."""
     argv = [fill(a, paths) for a in case.argv]
@@ -62,7 +63,7 @@ def check_case(case: Case, paths: dict[str, Path | str], capsys, timeout: float 
     before = digests(unchanged)
     if timeout:
         proc = subprocess.run([sys.executable, "-m", "astro_pl.cli", *argv], cwd=REPO, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, env=env, preexec_fn=preexec_fn)
         code, err = proc.returncode, proc.stderr
     else:
         capsys.readouterr()
