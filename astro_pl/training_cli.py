@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import pickle
 from pathlib import Path
 
 from jsonargparse import set_parsing_settings
@@ -45,6 +46,15 @@ class AstroCLI(LightningCLI):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = os.path.realpath(os.path.join(root, "checkpoints"))
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the checkpoint's hyperparameters before anything else: name a corrupt file there."""
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            raise UsageError(f"--ckpt_path {ckpt_path}: corrupt or truncated checkpoint "
+                             f"({str(err).splitlines()[0]})") from err
 
     def before_fit(self) -> None:
         check_wandb_login(self.trainer.loggers)

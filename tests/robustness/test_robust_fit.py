@@ -69,7 +69,7 @@ def test_resume_finds_last_at_a_fixed_path_and_keeps_it_newest(paths, capsys):
     check_case(Case("resume-last", [*FIT, "--ckpt_path", "last", "--trainer.max_steps", "6"], code=0, kind="silent-wrong"),
                paths, capsys, timeout=TIMEOUT)
     assert step_of(last) == 6, "resumed from step 4, not restarted"
-    check_case(Case("resume-explicit", [*FIT, "--ckpt_path", str(paths["ckpt"] / "epoch=0-step=4.ckpt"),
+    check_case(Case("resume-explicit", [*FIT, "--ckpt_path", str(paths["ckpt"] / "epoch=0-step=6.ckpt"),
                                         "--trainer.max_steps", "8"], code=0, kind="silent-wrong"),
                paths, capsys, timeout=TIMEOUT)
     assert step_of(last) == 8 and not list(paths["ckpt"].glob("last-v*")), "last.ckpt follows the newest state"
