@@ -63,7 +63,7 @@ def stage_record(command: list[str]) -> dict:
 def record_difference(earlier: dict, now: dict) -> str:
     """The first difference between two stage records, in words."""
     old, new = earlier.get("command", []), now["command"]
-    for i, (a, b) in enumerate(zip(old, new)):
+    for i, (a, b) in enumerate(zip(old, new, strict=False)):
         if a != b:
             what = old[i - 1] if i and old[i - 1].startswith("--") else f"argument {i + 1}"
             return f"{what} was {a!r}, now {b!r}"

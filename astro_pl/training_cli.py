@@ -88,8 +88,8 @@ def check_wandb_login(loggers: list) -> None:
     except (FileNotFoundError, netrc.NetrcParseError):
         has_key = False
     if not has_key:
-        raise UsageError("--trainer.logger: W&B is online but has no API key; run `wandb login`, set "
-                         "WANDB_API_KEY, or log offline (--trainer.logger.init_args.offline true or WANDB_MODE=offline)")
+        raise UsageError("--trainer.logger: W&B is online but has no API key; run `wandb login`, set WANDB_API_KEY, "
+                         "or log offline (--trainer.logger.init_args.offline true or WANDB_MODE=offline)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         # flag errors reach the `astro` dispatch as one line
-        parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in ("fit", "validate", "test")}},
+        parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in ("fit", "validate",
+                                                                                               "test")}},
     )
     return 0

@@ -29,7 +29,8 @@ def test_pipeline_runs_skips_finished_and_restarts(tmp_path, capsys):
     texts = tmp_path / "texts.jsonl"
     texts.write_text("\n".join(json.dumps({"problem": f"Evaluate {i} + {i}.", "trace": f"\\boxed{{{2 * i}}}"})
                                for i in range(50)) + "\n")
-    stage = Stage(name="model", command=["tiny-model", "--texts", str(texts), "--out", "{output_dir}/model", "--overwrite", "true",
+    stage = Stage(name="model", command=["tiny-model", "--texts", str(texts), "--out", "{output_dir}/model",
+                                         "--overwrite", "true",
                                          "--vocab_size", "300", "--hidden_size", "64", "--intermediate_size", "64"],
                   artifacts={"model": "{output_dir}/model"})
     summary = run_pipeline([stage], str(tmp_path / "run"))

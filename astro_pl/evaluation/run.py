@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from astro_pl.datamodules.chat import render_prompt
 from astro_pl.datamodules.problems import Problem, load_benchmark, synthetic_arithmetic
+from astro_pl.errors import UsageError, check_model_path
 from astro_pl.evaluation.backtracks import (
     DEFAULT_BACKTRACK_PHRASES,
     DEFAULT_REFLECTION_PHRASES,
@@ -37,7 +38,6 @@ from astro_pl.evaluation.backtracks import (
 )
 from astro_pl.evaluation.report import summarize, write_report
 from astro_pl.rewards.math import answers_match, extract_final_answer
-from astro_pl.errors import UsageError, check_model_path
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
 from astro_pl.runfiles import append_jsonl, claim, drop_torn_tail, read_json, read_jsonl, write_json, write_jsonl
 from astro_pl.shards import complete_shards, parse_shard, shard_range

@@ -30,8 +30,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsin
 from tqdm import tqdm
 
 from astro_pl.datamodules.chat import render_prompt
-from astro_pl.errors import UsageError
 from astro_pl.datamodules.problems import Problem, load_benchmark, parse_arithmetic, synthetic_arithmetic
+from astro_pl.errors import UsageError
 from astro_pl.rewards.math import answers_match
 from astro_pl.rollout.base import EngineArgs, RolloutEngine
 from astro_pl.runfiles import (

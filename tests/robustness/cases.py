@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import resource
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -77,3 +79,11 @@ def check_case(case: Case, paths: dict[str, Path | str], capsys, timeout: float 
         prefix = f"astro {argv[0]}: error: "
         assert lines[0].startswith(prefix) and re.search(fill(case.message, paths), lines[0][len(prefix):]), lines[0]
     assert digests(unchanged) == before, f"{case.id} changed {unchanged}"
+
+
+def limit_file_size(limit: int):
+    """A child's `preexec_fn`: writes past `limit` bytes fail with EFBIG, as writes to a full disk fail."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply

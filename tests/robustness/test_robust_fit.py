@@ -5,13 +5,11 @@ newest state, and a full disk, a corrupt checkpoint or an online W&B without a k
 from __future__ import annotations
 
 import os
-import resource
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from cases import Case, check_case
+from cases import Case, check_case, limit_file_size
 
 from tests.datamodules.test_traces import write_traces
 
@@ -66,20 +64,13 @@ def test_resume_finds_last_at_a_fixed_path_and_keeps_it_newest(paths, capsys):
     check_case(Case("first-run", FIT, code=0, kind="clean"), paths, capsys, timeout=TIMEOUT)
     last = paths["ckpt"] / "last.ckpt"
     assert last.is_symlink() and step_of(last) == 4, "checkpoints under <default_root_dir>/checkpoints, not the run id"
-    check_case(Case("resume-last", [*FIT, "--ckpt_path", "last", "--trainer.max_steps", "6"], code=0, kind="silent-wrong"),
-               paths, capsys, timeout=TIMEOUT)
+    check_case(Case("resume-last", [*FIT, "--ckpt_path", "last", "--trainer.max_steps", "6"], code=0,
+                    kind="silent-wrong"), paths, capsys, timeout=TIMEOUT)
     assert step_of(last) == 6, "resumed from step 4, not restarted"
     check_case(Case("resume-explicit", [*FIT, "--ckpt_path", str(paths["ckpt"] / "epoch=0-step=6.ckpt"),
                                         "--trainer.max_steps", "8"], code=0, kind="silent-wrong"),
                paths, capsys, timeout=TIMEOUT)
     assert step_of(last) == 8 and not list(paths["ckpt"].glob("last-v*")), "last.ckpt follows the newest state"
-
-
-def limit_file_size(limit: int):
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
 
 
 def test_full_disk_keeps_the_last_good_checkpoint(paths, capsys, tmp_path):
@@ -100,7 +91,8 @@ def test_full_disk_keeps_the_last_good_checkpoint(paths, capsys, tmp_path):
 
 
 CASES = [
-    Case("missing-ckpt", [*FIT, "--ckpt_path", "{tmp}/none.ckpt"], message=r"--ckpt_path .*none.ckpt: no such checkpoint"),
+    Case("missing-ckpt", [*FIT, "--ckpt_path", "{tmp}/none.ckpt"],
+         message=r"--ckpt_path .*none.ckpt: no such checkpoint"),
     Case("corrupt-ckpt", [*FIT, "--ckpt_path", "{corrupt}"],
          message=r"--ckpt_path .*corrupt.ckpt: corrupt or truncated checkpoint"),
     Case("bad-flag", [*FIT, "--trainer.max_stepz", "3"], message=r"unrecognized arguments: --trainer.max_stepz 3",

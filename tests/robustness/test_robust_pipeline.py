@@ -38,7 +38,8 @@ def test_reruns(paths, capsys):
     check_case(Case("first-run", RUN, code=0, kind="clean"), paths, capsys)
     check_case(Case("same-command-skips", RUN, code=0, unchanged=KEPT, kind="clean"), paths, capsys)
     check_case(Case("new-seed", [*RUN, "--seed", "1"], unchanged=KEPT, kind="silent-wrong",
-                    message=r"stage 'search' finished with another command \(--seed was '0', now '1'\); rerun it with --start_from search"), paths, capsys)
+                    message=r"stage 'search' finished with another command \(--seed was '0', now '1'\); "
+                            r"rerun it with --start_from search"), paths, capsys)
     config = paths["search_config"]
     config.write_text(config.read_text() + "\nseed: 3\n")
     check_case(Case("changed-stage-config", RUN, unchanged=KEPT, kind="silent-wrong",

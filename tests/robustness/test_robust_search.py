@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from cases import REPO, Case, check_case
+from cases import REPO, Case, check_case, limit_file_size
 
 from astro_pl.runfiles import claim, read_jsonl
 
@@ -39,7 +37,8 @@ CASES = [
     Case("huge-problem", [*SMALL, "--out_dir", "{tmp}/a", "--problems.source", "{huge}", "--judge", "none"],
          message=r"problem 'huge' has 1000007 characters, over --problems.max_chars 20000", kind="hang"),
     Case("other-settings", [*SMALL, "--out_dir", "{done}", "--seed", "7"],
-         message=r"holds a run with other settings \(settings.seed\)", unchanged=["{done}/trees.jsonl", "{done}/traces.jsonl"],
+         message=r"holds a run with other settings \(settings.seed\)",
+         unchanged=["{done}/trees.jsonl", "{done}/traces.jsonl"],
          kind="clean"),
     Case("merge-missing-shard", ["search", "--merge", "{tmp}/noshards"],
          message=r"expected the shards of one run", kind="clean"),
@@ -100,13 +99,6 @@ def test_rerun_drops_trees_and_traces_written_twice(paths, tmp_path):
     for name in ("trees.jsonl", "traces.jsonl"):
         assert read_jsonl(out / name) == read_jsonl(paths["done"] / name), name
     assert json.loads((out / "summary.json").read_text())["trees"] == 3
-
-
-def limit_file_size(limit: int):
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
 
 
 def test_full_disk_is_one_line_and_a_rerun_finishes(paths, tmp_path):

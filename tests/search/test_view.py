@@ -12,7 +12,6 @@ import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
-import pytest
 from hand_trees import make_terminal, sample_tree
 
 from astro_pl.cli import main as astro
