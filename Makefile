@@ -10,6 +10,8 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
+# Offline copies of the named benchmarks (MATH-500, AMC, AIME, GSM8K); unset, they load from the Hugging Face hub.
+export ASTRO_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install browser quickstart test lint clean
 

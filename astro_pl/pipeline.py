@@ -103,7 +103,8 @@ def run_stage(stage: Stage, values: dict[str, str], log_dir: Path) -> float:
 
 
 def read_eval_summary(path: Path, benchmark: str = "") -> dict:
-    """accuracy (pass@1), mean_backtracks and mean_length of one benchmark of an `astro eval` summary."""
+    """accuracy (pass@1), truncation_rate, accuracy_finished (pass@1 among samples not cut off), mean_backtracks and
+    mean_length of one benchmark of an `astro eval` summary."""
     benchmarks = json.loads(path.read_text(encoding="utf-8"))["benchmarks"]
     if not benchmark:
         if len(benchmarks) != 1:
@@ -112,16 +113,19 @@ def read_eval_summary(path: Path, benchmark: str = "") -> dict:
     if benchmark not in benchmarks:
         raise ValueError(f"{path}: no benchmark {benchmark!r}; it has {sorted(benchmarks)}")
     scores = benchmarks[benchmark]
-    return {"accuracy": scores["pass@1"], "mean_backtracks": scores["mean_backtracks"],
+    return {"accuracy": scores["pass@1"], "truncation_rate": scores["truncation_rate"],
+            "accuracy_finished": scores["pass@1_finished"], "mean_backtracks": scores["mean_backtracks"],
             "mean_length": scores["mean_length"]}
 
 
 def format_table(rows: list[dict]) -> str:
-    header = "| stage | accuracy | mean backtracks | response length | wall time (s) |"
-    lines = [header, "|---|---:|---:|---:|---:|"]
+    header = ("| stage | accuracy | truncated | accuracy of finished | mean backtracks | response length "
+              "| wall time (s) |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         cells = [format(row[k], fmt) if row.get(k) is not None else "-"
-                 for k, fmt in (("accuracy", ".3f"), ("mean_backtracks", ".2f"), ("mean_length", ".1f"),
+                 for k, fmt in (("accuracy", ".3f"), ("truncation_rate", ".3f"), ("accuracy_finished", ".3f"),
+                                ("mean_backtracks", ".2f"), ("mean_length", ".1f"),
                                 ("seconds", ".0f"))]
         lines.append(f"| {row['stage']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -54,9 +54,10 @@ from astro_pl.datamodules.packing import collate_packed, pack_best_fit  # noqa: 
 from astro_pl.modules.experience import Group, GroupBuffer, plan_micro_batches  # noqa: E402
 from astro_pl.modules.optim import OptimArgs  # noqa: E402
 from astro_pl.modules.rl import GRPOArgs, RLModule  # noqa: E402
+from astro_pl.modules.rollouts import Rollouts  # noqa: E402
 from astro_pl.modules.sft import SFTModule  # noqa: E402
 from astro_pl.modules.tiny_llama import train_tokenizer  # noqa: E402
-from astro_pl.rollout.base import Completion, SamplingArgs  # noqa: E402
+from astro_pl.rollout.base import Completion, EngineArgs, SamplingArgs  # noqa: E402
 
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12)]
 
@@ -244,7 +245,7 @@ class SyntheticRolloutRL(RLModule):
             groups.append(Group(prompt, completions, rewards, "0"))
         buffer.add(groups, [True] * len(groups))
         self.lengths = [len(g.prompt_ids) + len(c.token_ids) for g in groups for c in g.completions]
-        return buffer, 0.0, 0.0, sum(len(c.token_ids) for grp in groups for c in grp.completions)
+        return Rollouts(buffer, {}, 0.0, 0.0, len(groups))
 
 
 class PromptStub(L.LightningDataModule):
@@ -267,8 +268,8 @@ def rl_update_check(model_dir: Path, config: LlamaConfig, args, name: str) -> di
         tokens = tokens and tokens // 64
     grpo = GRPOArgs(group_size=args.rl_group_size, micro_batch_size=size, micro_batch_tokens=tokens,
                     aggregation="token_mean")
-    module = SyntheticRolloutRL(str(model_dir), engine="hf", grpo=grpo, gradient_checkpointing=True,
-                                sampling=SamplingArgs(max_tokens=args.rl_response_len),
+    module = SyntheticRolloutRL(str(model_dir), engine=EngineArgs(kind="hf"), grpo=grpo,
+                                gradient_checkpointing=True, sampling=SamplingArgs(max_tokens=args.rl_response_len),
                                 optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))
     module.bench_args = args
     timer = StepTimer(1)
@@ -328,31 +329,30 @@ def logprobs_check(args) -> dict:
     return result
 
 
-class AlternatingRewardRL(RLModule):
-    """`RLModule` whose rewards alternate +1 / -1 within each group: a randomly initialised model never writes a
-    boxed answer, so real rewards would all be -1 and the update a no-op. Sampling, sync and update stay real."""
-
-    def _collect(self, dataloader_iter, step: int):
-        buffer, gen_s, reward_s, tokens = super()._collect(dataloader_iter, step)
-        for group in buffer.sampled:
-            group.rewards[:] = [1.0 if i % 2 else -1.0 for i in range(len(group.rewards))]
-        return buffer, gen_s, reward_s, tokens
+def alternating(completions: list[str], **kwargs) -> list[float]:
+    """A reward alternating -1 / +1 within each (even-sized) group: a randomly initialised model never writes a
+    boxed answer, so the task's reward would be -1 everywhere and the update a no-op. Sampling, sync and update stay
+    real."""
+    return [1.0 if i % 2 else -1.0 for i in range(len(completions))]
 
 
-class SleepProbeRL(AlternatingRewardRL):
-    """Records free GPU memory after generation (engine awake) and during the update (engine asleep)."""
+class FreeMemoryProbe:
+    """The engine, recording free GPU memory after each generation (engine awake); a forward pre-hook on the policy
+    records it during the update (engine asleep)."""
 
-    free_after_generate: list[int]
-    free_in_update: list[int]
+    def __init__(self, engine):
+        self.engine, self.after_generate, self.in_update = engine, [], []
 
-    def _collect(self, dataloader_iter, step: int):
-        out = super()._collect(dataloader_iter, step)
-        self.free_after_generate.append(free_gpu_bytes())
+    def generate(self, prompts, params):
+        out = self.engine.generate(prompts, params)
+        self.after_generate.append(free_gpu_bytes())
         return out
 
-    def _update(self, groups, step: int):
-        self.free_in_update.append(free_gpu_bytes())
-        return super()._update(groups, step)
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def hook(self, _module, _inputs) -> None:
+        self.in_update.append(free_gpu_bytes())
 
 
 def free_gpu_bytes() -> int:
@@ -374,26 +374,31 @@ def rl_fit_check(root: Path, args, sharded: bool, engine: str = "hf") -> dict:
     """Three rollout steps of `RLModule` on a tiny Llama on the GPU, with the transformers engine, or with vLLM
     sleeping through each update (level 2: the weights are dropped and synced back before the next rollout)."""
     from astro_pl.datamodules.prompts import PromptDataModule
-    from astro_pl.rollout.base import EngineArgs
+    from astro_pl.rollout import build_engine
+    from astro_pl.tasks import ArithmeticTask
 
     model_dir = tiny_model(root)
     cuda = torch.cuda.is_available()
     # eager: the section checks sleep and sync, and compiling plus CUDA-graph capture would cost a minute
-    engine_args = EngineArgs(model=str(model_dir), dtype="auto", max_model_len=256, gpu_memory_utilization=0.2,
-                             enable_sleep_mode=True, enforce_eager=True)
+    engine_args = EngineArgs(kind=engine, model=str(model_dir), dtype="auto", max_model_len=256,
+                             gpu_memory_utilization=0.2, enable_sleep_mode=True, enforce_eager=True)
     # one layer per sync bucket, so vLLM's in-place reload runs layer by layer, as it does at 8B
-    module = SleepProbeRL(str(model_dir), engine=engine, engine_args=engine_args, sleep_engine=engine == "vllm",
-                          sync_bucket_mb=1e-6,
-                          grpo=GRPOArgs(group_size=4, micro_batch_size=8),
-                          sampling=SamplingArgs(max_tokens=64, temperature=1.0),
-                          optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))
-    module.free_after_generate, module.free_in_update = [], []
-    data = PromptDataModule(str(model_dir), batch_size=4, num_synthetic=64, num_val=4)
+    module = RLModule(str(model_dir), engine=engine_args, rewards=[alternating], sleep_engine=engine == "vllm",
+                      sync_bucket_mb=1e-6,
+                      grpo=GRPOArgs(group_size=4, micro_batch_size=8),
+                      sampling=SamplingArgs(max_tokens=64, temperature=1.0),
+                      optim=OptimArgs(lr=1e-6, warmup_ratio=0.0))
+    probe = FreeMemoryProbe(build_engine(engine_args))
+    module.attach_engine(probe)
+    module.configure_model()
+    module.model.register_forward_pre_hook(probe.hook)
+    data = PromptDataModule(ArithmeticTask(num_train=64, num_val=4), batch_size=4)
     timer = StepTimer(1)
     strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if sharded else "auto"
     L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, max_steps=3, strategy=strategy,
               logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
               limit_val_batches=0, callbacks=[timer]).fit(module, datamodule=data)
+    probe.close()
     base = LlamaForCausalLM.from_pretrained(model_dir).state_dict()
     moved, dtypes = [], set()
     for name, param in module.model.named_parameters():
@@ -413,8 +418,8 @@ def rl_fit_check(root: Path, args, sharded: bool, engine: str = "hf") -> dict:
         "train_s": round(last["time/train_s"], 4),
     }
     if engine == "vllm":
-        freed = [b - a for a, b in zip(module.free_after_generate, module.free_in_update, strict=True)]
-        result["sleep_freed_gib"] = round(min(freed) / 2**30, 2)
+        # the least free memory seen in any update pass against the most seen after any generation
+        result["sleep_freed_gib"] = round((min(probe.in_update) - max(probe.after_generate)) / 2**30, 2)
     return result
 
 

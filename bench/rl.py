@@ -53,8 +53,8 @@ GOAL_PRECISION = "bf16"
 
 
 def build_model(root: Path, size: str) -> Path:
-    from astro_pl.datamodules.problems import synthetic_arithmetic
     from astro_pl.modules.tiny_llama import build_tiny_llama, train_tokenizer
+    from astro_pl.tasks.arithmetic import synthetic_arithmetic
 
     texts = [f"{p.problem} Compute step by step.\n\n\\boxed{{{p.answer}}}" for p in synthetic_arithmetic(2000)]
     train_tokenizer(texts, root / "tokenizer", vocab_size=512)
@@ -68,6 +68,7 @@ def run_ours(model_dir: Path, kind: str, steps: int, root: Path, precision: str)
     from astro_pl.modules.optim import OptimArgs
     from astro_pl.modules.rl import GRPOArgs, RLModule
     from astro_pl.rollout.base import EngineArgs, SamplingArgs
+    from astro_pl.tasks import ArithmeticTask
 
     records: list[dict] = []
 
@@ -78,14 +79,13 @@ def run_ours(model_dir: Path, kind: str, steps: int, root: Path, precision: str)
 
     compute_dtype, _ = PRECISIONS[precision]
     module = RLModule(
-        str(model_dir), engine=kind,
-        engine_args=EngineArgs(model=str(model_dir), max_model_len=512, enforce_eager=False, dtype=compute_dtype),
+        str(model_dir), engine=EngineArgs(kind=kind, max_model_len=512, enforce_eager=False, dtype=compute_dtype),
         sampling=SamplingArgs(max_tokens=MAX_TOKENS, temperature=1.0),
         grpo=GRPOArgs(group_size=GROUP, micro_batch_size=PROMPTS * GROUP, aggregation="seq_mean"),
         optim=OptimArgs(lr=LR, warmup_ratio=0.0, min_lr_ratio=1.0), dtype="float32",
         compute_dtype=compute_dtype,
     )
-    data = PromptDataModule(str(model_dir), batch_size=PROMPTS, num_synthetic=256)
+    data = PromptDataModule(ArithmeticTask(num_train=256), batch_size=PROMPTS)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(root), callbacks=[Record()], precision="32-true")
@@ -102,10 +102,10 @@ def run_trl(model_dir: Path, steps: int, root: Path, precision: str) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from astro_pl.datamodules.chat import render_prompt
-    from astro_pl.datamodules.problems import synthetic_arithmetic
-    from astro_pl.modules.models import load_tokenizer
+    from astro_pl.data.chat import render_prompt
+    from astro_pl.loading import load_tokenizer
     from astro_pl.rewards.math import math_reward
+    from astro_pl.tasks.arithmetic import synthetic_arithmetic
 
     tokenizer = load_tokenizer(str(model_dir))
     rows = [{"prompt": render_prompt(tokenizer, p.problem), "answer": p.answer} for p in synthetic_arithmetic(256)]

@@ -21,14 +21,14 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from astro_pl.datamodules.problems import synthetic_arithmetic  # noqa: E402
-from astro_pl.modules.models import load_tokenizer  # noqa: E402
+from astro_pl.loading import load_tokenizer  # noqa: E402
 from astro_pl.modules.tiny_llama import build_tiny_llama, train_tokenizer  # noqa: E402
 from astro_pl.rewards.math import answers_match  # noqa: E402
 from astro_pl.rollout.base import EngineArgs  # noqa: E402
 from astro_pl.rollout.vllm import VLLMEngine  # noqa: E402
 from astro_pl.search.mcts import SearchArgs, search_trees  # noqa: E402
 from astro_pl.search.proposers import LLMProposerArgs, LLMStepProposer  # noqa: E402
+from astro_pl.tasks.arithmetic import synthetic_arithmetic  # noqa: E402
 
 
 def tiny_model(root: Path) -> Path:

@@ -25,9 +25,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from astro_pl.datamodules.chat import render_example  # noqa: E402
+from astro_pl.data.chat import render_example  # noqa: E402
 from astro_pl.datamodules.traces import TraceDataModule  # noqa: E402
-from astro_pl.modules.models import load_tokenizer  # noqa: E402
+from astro_pl.loading import load_tokenizer  # noqa: E402
 from astro_pl.modules.optim import OptimArgs  # noqa: E402
 from astro_pl.modules.sft import SFTModule  # noqa: E402
 from astro_pl.modules.tiny_llama import build_tiny_llama, train_tokenizer  # noqa: E402

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: the benchmark data folder and one tiny Llama + tokenizer built locally.
+"""Session-wide fixtures: the benchmark data folder, one tokenizer trained locally, and the tiny Llama, Qwen2 and
+Qwen3 built on it.
 
 Engines are expensive (vLLM start ~30 s on CPU), so the shared vLLM engine lives in tests/rollout/conftest-free
 fixtures here and is started at most once per test session.
@@ -19,6 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Named benchmarks load from this offline folder (no hub here); subprocesses inherit it.
+os.environ.setdefault("ASTRO_DATA_DIR", str(SHARED_DATA))
 
 
 @pytest.fixture(scope="session")
@@ -41,13 +44,38 @@ def tokenizer_corpus(limit: int = 300) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer Llama (head_dim 64) with a locally trained tokenizer, in HF format."""
-    from astro_pl.modules.tiny_llama import build_tiny_llama, train_tokenizer
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """The locally trained 512-token BPE every tiny model is built on."""
+    from astro_pl.modules.tiny_llama import train_tokenizer
 
-    root = tmp_path_factory.mktemp("tiny")
-    train_tokenizer(tokenizer_corpus(), root / "tokenizer", vocab_size=512)
-    return build_tiny_llama(root / "tokenizer", root / "model", seed=0)
+    out = tmp_path_factory.mktemp("tiny") / "tokenizer"
+    train_tokenizer(tokenizer_corpus(), out, vocab_size=512)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_tokenizer_dir) -> Path:
+    """A randomly initialised 2-layer Llama (head_dim 64) with a locally trained tokenizer, in HF format."""
+    from astro_pl.modules.tiny_llama import build_tiny_llama
+
+    return build_tiny_llama(tiny_tokenizer_dir, tiny_tokenizer_dir.parent / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dirs(tiny_tokenizer_dir) -> dict[str, Path]:
+    """A randomly initialised 2-layer Qwen2 (q/k/v biases) and Qwen3 (q/k norms, Qwen3-style chat template) by
+    model type, hidden 128 with 2 query heads sharing 1 key/value head (grouped as in Qwen's releases), HF format."""
+    from astro_pl.modules.tiny_llama import build_tiny_model
+
+    root = tiny_tokenizer_dir.parent
+    return {arch: build_tiny_model(tiny_tokenizer_dir, root / arch, arch, seed=0, num_key_value_heads=1)
+            for arch in ("qwen2", "qwen3")}
+
+
+@pytest.fixture(scope="session", params=["qwen2", "qwen3"])
+def tiny_qwen_dir(request, tiny_qwen_dirs) -> Path:
+    """Each of `tiny_qwen_dirs` in turn."""
+    return tiny_qwen_dirs[request.param]
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,11 @@ def test_substitute_replaces_known_placeholders_only():
 
 
 def test_format_table_shows_missing_values_as_dash():
-    table = format_table([{"stage": "sft", "accuracy": 0.5, "mean_backtracks": 1.25, "seconds": 12.4},
+    table = format_table([{"stage": "sft", "accuracy": 0.5, "truncation_rate": 0.25, "accuracy_finished": None,
+                           "mean_backtracks": 1.25, "seconds": 12.4},
                           {"stage": "model", "seconds": 1.0}])
-    assert "| sft | 0.500 | 1.25 | - | 12 |" in table
-    assert "| model | - | - | - | 1 |" in table
+    assert "| sft | 0.500 | 0.250 | - | 1.25 | - | 12 |" in table
+    assert "| model | - | - | - | - | - | 1 |" in table
 
 
 def test_unknown_start_stage_is_an_error(tmp_path):
@@ -57,9 +58,11 @@ def test_eval_summary_gives_pass_at_1_of_the_named_benchmark(tmp_path):
     from astro_pl.pipeline import read_eval_summary
 
     path = tmp_path / "summary.json"
-    scores = {"pass@1": 0.25, "mean_backtracks": 1.5, "mean_length": 40.0}
+    scores = {"pass@1": 0.25, "truncation_rate": 0.5, "pass@1_finished": 0.5, "mean_backtracks": 1.5,
+              "mean_length": 40.0}
     path.write_text(json.dumps({"benchmarks": {"synthetic": scores, "math500": {**scores, "pass@1": 0.1}}}))
-    assert read_eval_summary(path, "synthetic") == {"accuracy": 0.25, "mean_backtracks": 1.5, "mean_length": 40.0}
+    assert read_eval_summary(path, "synthetic") == {"accuracy": 0.25, "truncation_rate": 0.5, "accuracy_finished": 0.5,
+                                                    "mean_backtracks": 1.5, "mean_length": 40.0}
     assert read_eval_summary(path, "math500")["accuracy"] == 0.1
     with pytest.raises(ValueError, match="name one"):
         read_eval_summary(path)

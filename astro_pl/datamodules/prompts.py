@@ -1,4 +1,4 @@
-"""RL prompts: problems with gold answers, rendered with the chat template, drawn by a resumable sampler.
+"""RL prompts: a task's problems drawn by a resumable sampler (the RL module renders them with its tokenizer).
 
 The training stream is endless: epoch e visits the problems in a permutation seeded by (seed, e), and every rank
 takes its own slice of each draw, so ranks never see the same prompt in a step. The sampler's whole state is
@@ -10,21 +10,15 @@ Validation is the held-out set, in order.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+from typing_extensions import override
 
-from astro_pl.datamodules.chat import render_prompt
-from astro_pl.datamodules.problems import Problem, load_benchmark, synthetic_arithmetic
-
-
-class PromptItem(NamedTuple):
-    """One problem and its rendered prompt."""
-
-    problem: Problem
-    prompt: str
+from astro_pl.data.problems import Problem
+from astro_pl.seeds import derive_seed
+from astro_pl.tasks.base import Task, describe_task, flat_problems
 
 
 class PromptSampler:
@@ -40,7 +34,7 @@ class PromptSampler:
     def _index(self, i: int) -> int:
         epoch, offset = divmod(i, self.num_items)
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, "prompt-order", epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.num_items, generator=generator)
         return int(self._perm[offset])
 
@@ -53,127 +47,92 @@ class PromptSampler:
 
 
 class _PromptStream(IterableDataset):
-    def __init__(self, items: list[PromptItem], sampler: PromptSampler, batch_size: int):
+    def __init__(self, items: list[Problem], sampler: PromptSampler, batch_size: int):
         self.items, self.sampler, self.batch_size = items, sampler, batch_size
 
-    def __iter__(self) -> Iterator[list[PromptItem]]:
+    def __iter__(self) -> Iterator[list[Problem]]:
         while True:
             yield [self.items[i] for i in self.sampler.draw(self.batch_size)]
 
 
 class _ListDataset(Dataset):
-    def __init__(self, items: list[PromptItem]):
+    def __init__(self, items: list[Problem]):
         self.items = items
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> PromptItem:
+    def __getitem__(self, i: int) -> Problem:
         return self.items[i]
 
 
-def _as_list(batch: list[PromptItem]) -> list[PromptItem]:
+def _as_list(batch: list[Problem]) -> list[Problem]:
     return batch
 
 
-def load_problem_set(source: str, num_synthetic: int, seed: int, limit: int | None, **synthetic) -> list[Problem]:
-    """"synthetic" (seeded arithmetic, `synthetic` = its difficulty knobs), a benchmark name from
-    `load_benchmark`, a file path or "hf:NAME[:SPLIT]"."""
-    if source == "synthetic":
-        return synthetic_arithmetic(num_synthetic, seed=seed, **synthetic)[:limit]
-    return load_benchmark(source, limit=limit)
-
-
 class PromptDataModule(L.LightningDataModule):
-    """Prompts for RL: training batches from an endless resumable stream, validation from a held-out set.
+    """Problems for RL: training batches from an endless resumable stream, validation from a held-out set.
 
     Args:
-        tokenizer_path: Tokenizer directory whose chat template renders the prompts (usually the policy's).
-        train: "synthetic", a benchmark name (e.g. "math_train"), a .jsonl/.json/.parquet file or "hf:NAME[:SPLIT]".
-        val: Held-out problems in the same forms; None takes "synthetic" with `val_seed` when `train` is
-            synthetic, and no validation otherwise.
-        batch_size: Prompts per step per rank (B); each gets `group_size` samples.
+        task: The domain (class_path + init_args): its "train" split gives the prompts, its "val" split the
+            held-out problems (none: no validation); the RL module renders prompts and checks answers with it.
+        batch_size: Prompts per step per rank (B); each gets `grpo.group_size` samples.
         val_batch_size: Prompts per validation batch.
-        num_synthetic: Size of the synthetic training set.
-        num_val: Size of the synthetic validation set, or the most validation problems read.
-        train_limit: Keep only the first problems of `train`.
-        seed: Seed of the training order (and of the synthetic training set).
-        val_seed: Seed of the synthetic validation set (differs from `seed`, so it is held out).
-        system_prompt: Optional system turn.
-        min_operations: Fewest operators per synthetic expression (difficulty).
-        max_operations: Most operators per synthetic expression.
-        operand_max: Largest synthetic operand.
-        operators: Operators of the synthetic expressions ("+-*", or "+-" for tiny models).
+        train_limit: Keep only the first problems of the training split.
+        val_limit: Keep only the first problems of the validation split.
+        seed: Seed of the training order.
     """
 
     def __init__(
         self,
-        tokenizer_path: str,
-        train: str = "synthetic",
-        val: str | None = None,
+        task: Task,
         batch_size: int = 4,
         val_batch_size: int = 16,
-        num_synthetic: int = 512,
-        num_val: int = 32,
         train_limit: int | None = None,
+        val_limit: int | None = None,
         seed: int = 0,
-        val_seed: int = 1_000_003,
-        system_prompt: str | None = None,
-        min_operations: int = 2,
-        max_operations: int = 3,
-        operand_max: int = 9,
-        operators: str = "+-*",
     ):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"--data.batch_size must be >= 1, got {batch_size}")
-        if val_batch_size < 1:
-            raise ValueError(f"--data.val_batch_size must be >= 1, got {val_batch_size}")
-        self.save_hyperparameters()
-        self.tokenizer_path, self.train_source, self.val_source = tokenizer_path, train, val
+        for flag, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value < 1:
+                raise ValueError(f"--data.{flag} must be >= 1, got {value}")
+        self.save_hyperparameters(ignore=["task"])
+        self.hparams["task"] = describe_task(task)
+        self.task = task
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_synthetic, self.num_val, self.train_limit = num_synthetic, num_val, train_limit
-        self.seed, self.val_seed, self.system_prompt = seed, val_seed, system_prompt
-        self.synthetic = dict(
-            min_operations=min_operations, max_operations=max_operations, operand_max=operand_max, operators=operators
-        )
-        self.train_items: list[PromptItem] = []
-        self.val_items: list[PromptItem] = []
+        self.train_limit, self.val_limit, self.seed = train_limit, val_limit, seed
+        self.train_items: list[Problem] = []
+        self.val_items: list[Problem] = []
         self.sampler: PromptSampler | None = None
         self._pending_position = 0
 
-    def _render(self, problems: list[Problem], tokenizer) -> list[PromptItem]:
-        return [PromptItem(p, render_prompt(tokenizer, p.problem, self.system_prompt)) for p in problems]
-
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.sampler is not None:
             return
-        from astro_pl.modules.models import load_tokenizer
-
-        tokenizer = load_tokenizer(self.tokenizer_path)
-        train = load_problem_set(self.train_source, self.num_synthetic, self.seed, self.train_limit, **self.synthetic)
-        self.train_items = self._render(train, tokenizer)
-        val_source = self.val_source or ("synthetic" if self.train_source == "synthetic" else None)
-        if val_source == "synthetic":
-            val = synthetic_arithmetic(self.num_val, seed=self.val_seed, **self.synthetic)
-            self.val_items = self._render(val, tokenizer)
-        elif val_source:
-            self.val_items = self._render(load_benchmark(val_source, limit=self.num_val), tokenizer)
+        self.train_items = flat_problems(self.task, "train", self.train_limit)
+        if not self.train_items:
+            raise ValueError("--data.task: the task's training split is empty")
+        self.val_items = flat_problems(self.task, "val", self.val_limit)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.sampler = PromptSampler(len(self.train_items), self.seed, rank, world)
         self.sampler.position = self._pending_position
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_PromptStream(self.train_items, self.sampler, self.batch_size), batch_size=None)
 
+    @override
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_items:
             return []
         return DataLoader(_ListDataset(self.val_items), batch_size=self.val_batch_size, collate_fn=_as_list)
 
+    @override
     def state_dict(self) -> dict:
         return {"position": self.sampler.position if self.sampler else self._pending_position}
 
+    @override
     def load_state_dict(self, state: dict) -> None:
         self._pending_position = int(state["position"])
         if self.sampler is not None:

@@ -3,7 +3,7 @@
 Each record becomes (prompt, completion) via `chat.render_example` (problem = user turn, trace = assistant turn),
 the same format search, RL and evaluation use. Tokenisation runs once in `prepare_data` (rank 0) and is cached in a
 .pt file keyed by the data file's hash, the tokenizer and every setting that changes the tokens. Given a search
-config instead of a trace file, `prepare_data` first runs `astro search` once and trains on the traces it writes.
+config instead of a trace file, `prepare_data` first runs that search once and trains on the traces it writes.
 
 ASTRO trains on all tokens (no prompt masking); `loss_on="assistant"` masks the prompt. Examples are packed into
 rows (see `packing.py`) or, with `packing: false`, padded in length-grouped batches.
@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm import tqdm
 
-from astro_pl.datamodules.chat import render_example
+from astro_pl.data.chat import render_example
 from astro_pl.datamodules.packing import (
     EpochBatchSampler,
     ResumableLoader,
@@ -32,7 +32,7 @@ from astro_pl.datamodules.packing import (
     collate_padded,
     pack_best_fit,
 )
-from astro_pl.modules.models import load_tokenizer
+from astro_pl.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,10 @@ class TraceDataModule(L.LightningDataModule):
             self.tokenize_cached(split)
 
     def run_search(self) -> None:
-        from astro_pl.search import run as search_run
+        from astro_pl.search.run import search_config
 
         rank_zero_info(f"no traces at {self.train_path()}: running the search in {self.search_config}")
-        search_run.main(["--config", self.search_config, "--out_dir", self.search_output_dir])
+        search_config(self.search_config, self.search_output_dir)
         if not self.train_path().exists():
             raise FileNotFoundError(f"search with {self.search_config} wrote no {self.train_path()}")
 

@@ -4,12 +4,18 @@
 and sample, so an unsharded run and merged shards give identical summaries. Fractions stay in [0, 1] in the
 JSON; the Markdown table shows percentages like the paper. An undefined Pearson r (all responses with the same
 number of backtracks, or all equally correct) is null in JSON and "n/a" in text.
+
+A sample cut off at the token limit (finish_reason "length") has no answer unless the run scored truncated samples
+(`astro eval --score_truncated`), so pass@k counts it wrong and maj@k gives it no vote. Next to pass@1 each benchmark
+reports its truncation rate and pass@1 among finished samples (null when none finished): a low pass@1 with a high
+truncation rate says the budget, not the reasoning, is short.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,12 +40,19 @@ def _backtrack_analysis(backtracks: list[int], correct: list[bool], max_backtrac
     return {"pearson_r": _finite(float(result["pearson_r"])), "accuracy_by_backtracks": bins}
 
 
+def truncation_scores(finish_reasons: Sequence[str], correct: Sequence[bool]) -> dict:
+    """Share of samples cut off at the token limit, and pass@1 among the others (None when all were cut off)."""
+    finished = [c for reason, c in zip(finish_reasons, correct, strict=True) if reason != "length"]
+    return {"truncation_rate": 1 - len(finished) / len(correct),
+            "pass@1_finished": sum(map(bool, finished)) / len(finished) if finished else None}
+
+
 def summarize(records: Sequence[dict], settings: dict, match_fn: Callable[[str, str], bool] | None = None) -> dict:
     """Scores per benchmark and the pooled backtrack analysis.
 
     Args:
-        records: Per-sample records (benchmark, index, sample, answer, correct, backtracks, reflections, length);
-            every problem must have `settings["num_samples"]` samples.
+        records: Per-sample records (benchmark, index, sample, answer, correct, backtracks, reflections, length,
+            finish_reason); every problem must have `settings["num_samples"]` samples.
         settings: Run settings; uses num_samples, pass_at, maj_at, max_backtracks and is copied into the summary.
         match_fn: Answer equivalence for maj@k grouping (default: the answer checker).
     """
@@ -67,6 +80,7 @@ def summarize(records: Sequence[dict], settings: dict, match_fn: Callable[[str, 
         flat = [r for group in problems for r in group]
         length = MeanResponseLength()
         length.update(torch.tensor([r["length"] for r in flat], dtype=torch.float64))
+        scores |= truncation_scores([r["finish_reason"] for r in flat], [r["correct"] for r in flat])
         scores["mean_length"] = float(length.compute())
         scores["mean_backtracks"] = sum(r["backtracks"] for r in flat) / len(flat)
         scores["mean_reflections"] = sum(r["reflections"] for r in flat) / len(flat)
@@ -76,15 +90,21 @@ def summarize(records: Sequence[dict], settings: dict, match_fn: Callable[[str, 
     return {"settings": settings, "benchmarks": benchmarks, "all": pooled}
 
 
+_SCORE_KEY = re.compile(r"(pass|maj)@\d+")
+
+
 def markdown_table(summary: dict) -> str:
     """The paper's table: one row per benchmark, scores in percent."""
     benchmarks = summary["benchmarks"]
-    score_keys = list(dict.fromkeys(key for s in benchmarks.values() for key in s if key[:4] in {"pass", "maj@"}))
-    header = ["benchmark", "problems", *score_keys, "mean length", "backtracks / response", "Pearson r"]
+    score_keys = list(dict.fromkeys(key for s in benchmarks.values() for key in s if _SCORE_KEY.fullmatch(key)))
+    header = ["benchmark", "problems", *score_keys, "pass@1 finished", "truncated", "mean length",
+              "backtracks / response", "Pearson r"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, scores in benchmarks.items():
         r = scores["pearson_r"]
+        finished = scores["pass@1_finished"]
         cells = [name, str(scores["num_problems"]), *(f"{100 * scores[key]:.1f}" for key in score_keys),
+                 "n/a" if finished is None else f"{100 * finished:.1f}", f"{100 * scores['truncation_rate']:.1f}",
                  f"{scores['mean_length']:.1f}", f"{scores['mean_backtracks']:.2f}",
                  "n/a" if r is None else f"{r:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -18,17 +18,17 @@ one with other settings is refused until the partial file is removed.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from tqdm import tqdm
 
-from astro_pl.datamodules.chat import render_prompt
-from astro_pl.datamodules.problems import Problem, load_benchmark, synthetic_arithmetic
+from astro_pl.data.problems import Problem, check_unique_ids
 from astro_pl.errors import UsageError, check_model_path
 from astro_pl.evaluation.backtracks import (
     DEFAULT_BACKTRACK_PHRASES,
@@ -37,57 +37,33 @@ from astro_pl.evaluation.backtracks import (
     count_reflections,
 )
 from astro_pl.evaluation.report import summarize, write_report
-from astro_pl.rewards.math import answers_match, extract_final_answer
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
 from astro_pl.runfiles import append_jsonl, claim, drop_torn_tail, read_json, read_jsonl, write_json, write_jsonl
 from astro_pl.shards import complete_shards, parse_shard, shard_range
+from astro_pl.tasks.base import Task, describe_task
 
 # Settings that change scores; a summary records them and merging refuses shards that disagree on them.
-SCORED_SETTINGS = ("model", "checkpoint", "benchmarks", "synthetic", "limit", "num_samples", "temperature", "top_p",
-                   "max_tokens", "seed", "system_prompt", "pass_at", "maj_at", "backtrack_phrases",
-                   "reflection_phrases", "max_backtracks")
-
-
-@dataclass
-class SyntheticArgs:
-    """The built-in arithmetic problems (see `astro_pl.datamodules.problems.synthetic_arithmetic`)."""
-
-    num_problems: int = 100
-    """How many problems."""
-    seed: int = 0
-    """Generator seed (a different seed gives different problems)."""
-    min_operations: int = 2
-    """Fewest operators per expression."""
-    max_operations: int = 3
-    """Most operators per expression."""
-    operand_min: int = 1
-    """Smallest operand."""
-    operand_max: int = 9
-    """Largest operand."""
-    operators: str = "+-*"
-    """Operators that may appear ("+-*", or "+-" for tiny models)."""
+SCORED_SETTINGS = ("model", "checkpoint", "task", "split", "limit", "num_samples", "temperature", "top_p",
+                   "max_tokens", "seed", "pass_at", "maj_at", "backtrack_phrases", "reflection_phrases",
+                   "max_backtracks", "score_truncated")
 
 
 @dataclass
 class EvalArgs:
     """What to evaluate, on what, and how to sample."""
 
+    task: Task | None = None
+    """The domain (class_path + init_args): its `split` problem sets are evaluated, each reported by name."""
+    split: Literal["train", "val", "test"] = "test"
+    """Which of the task's splits to evaluate."""
     model: str | None = None
     """Hugging Face model folder or hub name (weights unless `checkpoint` is set; always the tokenizer)."""
     checkpoint: str | None = None
     """Lightning .ckpt file whose state_dict (a leading "model." stripped) replaces the weights of `model`."""
-    engine: Literal["vllm", "hf"] = "vllm"
-    """Rollout engine: vLLM, or transformers' generate."""
-    engine_args: dict = field(default_factory=dict)
-    """Further `EngineArgs` fields (dtype, max_model_len, enforce_eager, gpu_memory_utilization, ...)."""
-    benchmarks: list[str] = field(default_factory=list)
-    """Benchmark names (math500, amc23, aime24, gsm8k, math_train), .jsonl/.json/.parquet files or hf:NAME[:SPLIT]."""
-    synthetic: SyntheticArgs | None = None
-    """Also evaluate on seeded synthetic arithmetic problems (benchmark name "synthetic")."""
-    data_dir: str | None = None
-    """Folder of the named benchmark files; default $ASTRO_DATA_DIR or shared/data beside the repository."""
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    """Rollout engine (`kind`: vllm or hf, dtype, max_model_len, ...); its model defaults to `model`."""
     limit: int | None = None
-    """Evaluate only the first `limit` problems of each benchmark (quick runs)."""
+    """Evaluate only the first `limit` problems of each problem set (quick runs)."""
     num_samples: int = 16
     """Samples per problem (k); pass@1 is averaged over them."""
     temperature: float = 0.6
@@ -98,8 +74,6 @@ class EvalArgs:
     """Most new tokens per sample."""
     seed: int = 0
     """Problem i of the run is sampled with seed `seed + i`."""
-    system_prompt: str | None = None
-    """System message placed before each problem (None: the bare problem, as in training)."""
     pass_at: list[int] = field(default_factory=lambda: [1])
     """Also report unbiased pass@k for these k (each <= num_samples)."""
     maj_at: list[int] = field(default_factory=list)
@@ -110,6 +84,10 @@ class EvalArgs:
     """Phrases that mark a self-check question (reported apart from backtracks)."""
     max_backtracks: int = 8
     """Last bin of accuracy-by-backtracks (it holds every response with at least this many)."""
+    score_truncated: bool = False
+    """Score a sample cut off at `max_tokens` (finish_reason "length") by its last complete \\boxed{} answer, the
+    old rule. Off: a cut-off sample has no answer and is wrong, in pass@k and maj@k alike, since search-trained
+    models box every attempt before doubting it and a box before the cut is not the model's final answer."""
     batch_size: int = 32
     """Problems per engine call."""
     out_dir: str = "runs/eval"
@@ -124,8 +102,8 @@ class EvalArgs:
             return
         if not self.model:
             raise ValueError("--model is required (a Hugging Face model folder or hub name)")
-        if not self.benchmarks and self.synthetic is None:
-            raise ValueError("give --benchmarks and/or --synthetic")
+        if self.task is None:
+            raise ValueError("--task is required (e.g. --task astro_pl.tasks.MathTask)")
         if self.num_samples < 1:
             raise ValueError(f"--num_samples must be >= 1, got {self.num_samples}")
         if self.limit is not None and self.limit < 1:
@@ -146,18 +124,13 @@ class EvalArgs:
 
 
 def load_eval_problems(args: EvalArgs) -> list[tuple[str, Problem]]:
-    """(benchmark name, problem) for every benchmark in order, synthetic last."""
-    items = [(name, p) for name in args.benchmarks
-             for p in load_benchmark(name, data_dir=args.data_dir, limit=args.limit)]
-    if args.synthetic is not None:
-        items += [("synthetic", p) for p in synthetic_arithmetic(**asdict(args.synthetic))[: args.limit]]
+    """(problem set name, problem) for every set of the task's split in order; refuses an empty run and ids
+    repeated within a set (they would merge problems in resumable outputs)."""
+    items = [(name, p) for name, problems in args.task.problems(args.split).items() for p in problems[: args.limit]]
     for name in dict.fromkeys(name for name, _ in items):
-        ids = [p.id for n, p in items if n == name]
-        repeated = sorted({pid for pid in ids if ids.count(pid) > 1}) if len(set(ids)) != len(ids) else []
-        if repeated:
-            raise UsageError(f"--benchmarks {name}: duplicate problem ids {repeated[:5]}")
+        check_unique_ids([p for n, p in items if n == name], f"--task problem set {name}")
     if not items:
-        raise UsageError("--benchmarks/--synthetic: no problems to evaluate")
+        raise UsageError(f"--task {args.split} split: no problems to evaluate")
     return items
 
 
@@ -191,22 +164,18 @@ def checkpoint_weights(path: str | Path, model: str) -> dict[str, torch.Tensor]:
 
 
 def build_engine(args: EvalArgs) -> RolloutEngine:
-    """The engine named by `args.engine`, with the checkpoint's weights loaded when one is given."""
+    """The engine `args.engine` describes, with the checkpoint's weights loaded when one is given."""
     from astro_pl.rollout import build_engine as build
 
-    try:
-        engine_args = EngineArgs(model=args.model, seed=args.seed, **args.engine_args)
-    except TypeError as e:
-        raise ValueError(f"--engine_args: {e}") from None
-    engine = build(args.engine, engine_args)
+    engine = build(args.engine, args.model)
     if args.checkpoint:
         engine.load_weights(checkpoint_weights(args.checkpoint, args.model).items())
     return engine
 
 
 def score_sample(benchmark: str, index: int, problem: Problem, sample: int, completion, args: EvalArgs) -> dict:
-    """One per-sample record: the extracted answer, its correctness, backtracks and length."""
-    answer = extract_final_answer(completion.text)
+    """One per-sample record: the final answer (none when cut off), its correctness, backtracks and length."""
+    answer = args.task.final_answer(completion.text, completion.finish_reason, args.score_truncated)
     return {
         "benchmark": benchmark,
         "problem_id": problem.id,
@@ -214,7 +183,7 @@ def score_sample(benchmark: str, index: int, problem: Problem, sample: int, comp
         "sample": sample,
         "gold": problem.answer,
         "answer": answer,
-        "correct": answer is not None and answers_match(answer, problem.answer),
+        "correct": answer is not None and args.task.check(answer, problem.answer),
         "backtracks": count_backtracks(completion.text, args.backtrack_phrases),
         "reflections": count_reflections(completion.text, args.reflection_phrases),
         "length": len(completion.token_ids),
@@ -231,7 +200,7 @@ def generate_records(engine: RolloutEngine, tokenizer, items: list[tuple[int, st
             # Consecutive global indices, so prompt j of the call gets seed + its global index.
             params = SamplingArgs(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                                   max_tokens=args.max_tokens, seed=args.seed + batch[0][0], logprobs=False)
-            prompts = [render_prompt(tokenizer, problem.problem, args.system_prompt) for _, _, problem in batch]
+            prompts = [args.task.prompt(tokenizer, problem) for _, _, problem in batch]
             for (index, benchmark, problem), completions in zip(batch, engine.generate(prompts, params), strict=True):
                 for sample, completion in enumerate(completions):
                     yield score_sample(benchmark, index, problem, sample, completion, args)
@@ -251,8 +220,8 @@ def consecutive_batches(items: list[tuple[int, str, Problem]], size: int) -> Ite
 
 
 def scored_settings(args: EvalArgs) -> dict:
-    settings = asdict(args)
-    return {key: settings[key] for key in SCORED_SETTINGS}
+    settings = {key: getattr(args, key) for key in SCORED_SETTINGS}
+    return {**settings, "task": describe_task(args.task)}
 
 
 def resume_samples(partial: Path, settings_path: Path, settings: dict, num_samples: int) -> list[dict]:
@@ -260,6 +229,7 @@ def resume_samples(partial: Path, settings_path: Path, settings: dict, num_sampl
     if not partial.exists():
         return []
     earlier = read_json(settings_path, missing_ok=True)
+    settings = json.loads(json.dumps(settings))  # as the file holds them (tuples become lists)
     if earlier is not None and earlier != settings:
         changed = sorted(k for k in settings if earlier.get(k) != settings[k])
         raise UsageError(f"{partial}: a partial run with other settings ({', '.join(changed) or 'unknown'}); rerun "
@@ -309,7 +279,7 @@ def evaluate(args: EvalArgs, engine: RolloutEngine | None = None, tokenizer=None
 
 def evaluate_into(args: EvalArgs, out_dir: Path, shard: tuple[int, int], suffix: str,
                   engine: RolloutEngine | None, tokenizer) -> dict | None:
-    from astro_pl.modules.models import load_tokenizer
+    from astro_pl.loading import load_tokenizer
 
     problems = load_eval_problems(args)
     block = shard_range(len(problems), *shard)
@@ -322,9 +292,9 @@ def evaluate_into(args: EvalArgs, out_dir: Path, shard: tuple[int, int], suffix:
         print(f"astro eval: resuming {partial}: {len(done_indices)} problems done, {len(items)} to go")
     if engine is None:
         check_model_path(args.model, "--model")
-        if args.engine_args.get("tokenizer"):
-            check_model_path(args.engine_args["tokenizer"], "--engine_args.tokenizer")
-    tokenizer = tokenizer or load_tokenizer(args.engine_args.get("tokenizer") or args.model)
+        if args.engine.tokenizer:
+            check_model_path(args.engine.tokenizer, "--engine.tokenizer")
+    tokenizer = tokenizer or load_tokenizer(args.engine.tokenizer or args.model)
     own_engine = engine is None
     engine = engine or build_engine(args)
     write_json(partial_settings, settings)
@@ -375,7 +345,10 @@ def parse_args(argv: list[str] | None) -> EvalArgs:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
     parser = ArgumentParser(prog="astro eval", description=__doc__.split("\n\n")[0], exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_class_arguments(EvalArgs, as_group=False)
+    # the task as its own subclass group, so a task file named in a config resolves beside that config
+    parser.add_class_arguments(EvalArgs, as_group=False, skip={"task"})
+    parser.add_subclass_arguments(Task, "task", required=False,
+                                  help="The domain (class_path + init_args): its `split` problem sets are evaluated.")
     config = parser.instantiate(parser.parse_args(argv)).as_dict()
     config.pop("config", None)
     return EvalArgs(**config)  # a ValueError names the flag; the `astro` dispatch prints it as one line

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from astro_pl.modules.models import resolve_dtype
+from astro_pl.loading import resolve_dtype
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -56,10 +56,6 @@ class GRPOArgs:
     fraction of the compute (with G = 4 and accuracy 0.2, 41% of groups). Useful without dynamic sampling (which
     drops such groups already). Needs beta = 0 (the KL term has a gradient). The train/ statistics then cover the
     computed sequences only; see train/computed_frac."""
-    correct_reward: float = 1.0
-    """Reward of a correct final answer."""
-    incorrect_reward: float = -1.0
-    """Reward of a wrong or missing final answer."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping; None turns it off."""
 
@@ -82,8 +78,6 @@ class GRPOArgs:
              "--model.grpo.micro_batch_tokens must be >= 1 (or null)"),
             (not (self.skip_zero_advantage and self.beta > 0),
              "--model.grpo.skip_zero_advantage needs --model.grpo.beta 0 (the KL term has a gradient)"),
-            (self.correct_reward > self.incorrect_reward,
-             "--model.grpo.correct_reward must be greater than --model.grpo.incorrect_reward"),
         ]
         for ok, message in checks:
             if not ok:

@@ -4,7 +4,8 @@ One training step = one rollout batch:
 1. sync the policy into the engine (skipped when no optimiser step happened since the last sync; always done
    after a start or resume, since the engine loaded the base weights),
 2. sample G completions for each of B prompts (the engine's log-probs kept),
-3. reward each with the answer checker (+1 / -1 by default; no boxed answer is wrong),
+3. reward each with the reward functions (default: the task's checker, +1 / -1; no final answer, or an answer cut
+   off at the token limit, is wrong),
 4. group advantages; with dynamic sampling, groups whose rewards are all equal are dropped and more prompts
    are drawn until B groups are kept or `max_extra_draws` is used up,
 5. `epochs` passes over the batch in `mini_batches` optimiser steps each, micro-batched, with the clipped-ratio
@@ -26,18 +27,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from typing_extensions import override
 
+from astro_pl.data.problems import Problem
 from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
-from astro_pl.modules.advantages import dynamic_sampling_mask, group_advantages
-from astro_pl.modules.collectives import all_reduce_scalar, generate_shared, ranks_per_engine
+from astro_pl.loading import resolve_dtype
+from astro_pl.modules.advantages import group_advantages
+from astro_pl.modules.collectives import all_reduce_scalar, ranks_per_engine
 from astro_pl.modules.experience import (
     Experience,
     Group,
@@ -48,6 +52,7 @@ from astro_pl.modules.experience import (
 )
 from astro_pl.modules.grpo_args import GRPOArgs
 from astro_pl.modules.logprobs import token_logprobs_and_entropy
+from astro_pl.modules.lora import LoraArgs
 from astro_pl.modules.losses import (
     aggregate_loss,
     clipped_ratio_loss,
@@ -55,10 +60,14 @@ from astro_pl.modules.losses import (
     masked_mean,
     truncated_is_weights,
 )
-from astro_pl.modules.models import LoraArgs, resolve_dtype
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
+from astro_pl.modules.rollouts import Rollouts, collect_rollouts, rollout_metrics
 from astro_pl.modules.weight_sync import sync_weights
+from astro_pl.rewards.functions import TaskCorrectness, reward_name
+from astro_pl.rollout import resolve_engine_args
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
+from astro_pl.seeds import derive_seed
+from astro_pl.tasks.base import Task
 
 
 class RolloutFailure(RuntimeError):
@@ -66,13 +75,20 @@ class RolloutFailure(RuntimeError):
 
 
 class RLModule(L.LightningModule):
-    """Policy optimisation with verifiable math rewards and on-policy rollouts from an in-process engine.
+    """Policy optimisation with verifiable rewards and on-policy rollouts from an in-process engine.
 
     Args:
         model_path: Policy checkpoint (Hugging Face directory, usually the SFT export).
-        engine: "vllm" (`VLLMEngine`) or "hf" (`HFEngine`).
-        engine_args: Engine settings; `model` defaults to the policy path. Ignored when an engine is attached.
-        sampling: Rollout sampling (default max_tokens 128); `n` is replaced by `grpo.group_size`.
+        engine: The rollout engine (`kind` vllm or hf, dtype, ...); its model defaults to the policy path and its
+            dtype to `compute_dtype`. Ignored when an engine is attached.
+        task: The domain whose checker the default reward uses; None takes the datamodule's `task`, so YAML names
+            it once (under `data`).
+        rewards: Reward functions in TRL's signature (`astro_pl.rewards.functions`): class paths with init args, or
+            dotted paths of plain functions. Default: `TaskCorrectness()` (+1 / -1, cut-off answers wrong).
+        reward_weights: One weight per reward function (default all 1).
+        sampling: Rollout sampling (default max_tokens 128); `n` is replaced by `grpo.group_size`. `top_p` must
+            be 1: vLLM renormalises its log-probs over the nucleus and the trainer does not, which would bias the
+            importance ratios and the clipping.
         grpo: Algorithm knobs (default `GRPOArgs()`).
         val_max_tokens: Most tokens per validation answer (greedy).
         optim: AdamW (default lr 1e-6, no warmup) with warmup + cosine over `trainer.max_steps` optimiser
@@ -98,8 +114,10 @@ class RLModule(L.LightningModule):
     def __init__(
         self,
         model_path: str,
-        engine: Literal["vllm", "hf"] = "vllm",
-        engine_args: EngineArgs | None = None,
+        engine: EngineArgs | None = None,
+        task: Task | None = None,
+        rewards: list[Callable] | None = None,
+        reward_weights: list[float] | None = None,
         sampling: SamplingArgs | None = None,
         grpo: GRPOArgs | None = None,
         val_max_tokens: int | None = None,
@@ -119,26 +137,37 @@ class RLModule(L.LightningModule):
         if sync_bucket_mb <= 0:
             raise ValueError(f"--model.sync_bucket_mb must be > 0, got {sync_bucket_mb}")
         # dataclasses go in as dicts, so checkpoints load with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["engine_args", "sampling", "grpo", "optim", "lora"])
+        self.save_hyperparameters(ignore=["engine", "task", "rewards", "sampling", "grpo", "optim", "lora"])
         self.automatic_optimization = False
-        self.model_path, self.engine_kind, self.dtype_name = model_path, engine, dtype
+        self.model_path, self.dtype_name = model_path, dtype
         resolve_dtype(dtype, "--model.dtype")  # fails here, not at model loading
         self.compute_dtype_name = compute_dtype
         self.compute_dtype = resolve_dtype(compute_dtype, "--model.compute_dtype")
         self._autocast = False  # set by configure_model: unsharded weights stored wider than compute_dtype
-        self.engine_args = engine_args or EngineArgs(model=model_path, dtype=compute_dtype)
-        if sleep_engine and engine == "vllm" and not self.engine_args.enable_sleep_mode:
-            raise ValueError("--model.sleep_engine true needs --model.engine_args.enable_sleep_mode true: a vLLM "
+        self.engine_args = resolve_engine_args(engine or EngineArgs(dtype=compute_dtype), model_path)
+        if sleep_engine and self.engine_args.kind == "vllm" and not self.engine_args.enable_sleep_mode:
+            raise ValueError("--model.sleep_engine true needs --model.engine.enable_sleep_mode true: a vLLM "
                              "engine started without sleep mode cannot free its memory")
         grpo = grpo or GRPOArgs()
         sampling = sampling or SamplingArgs(max_tokens=128)
+        if sampling.top_p < 1:
+            raise ValueError(f"--model.sampling.top_p must be 1 in RL, got {sampling.top_p}: vLLM's log-probs are "
+                             "renormalised over the nucleus and the trainer's are not, which biases the importance "
+                             "ratios and the clipping")
+        self.task = task
+        self.rewards = list(rewards) if rewards else [TaskCorrectness()]
+        self.reward_weights = list(reward_weights) if reward_weights is not None else [1.0] * len(self.rewards)
+        if len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"--model.reward_weights has {len(self.reward_weights)} weights for "
+                             f"{len(self.rewards)} rewards")
+        self.hparams["rewards"] = [reward_name(fn) for fn in self.rewards]
         self.sampling = dataclasses.replace(sampling, n=grpo.group_size, logprobs=True)
         self.grpo = grpo
         self.val_max_tokens = val_max_tokens or sampling.max_tokens
         self.optim = optim or OptimArgs(lr=1e-6, warmup_ratio=0.0)
         self.lora = lora
         self.hparams.update({k: dataclasses.asdict(v) for k, v in dict(
-            engine_args=self.engine_args, sampling=sampling, grpo=grpo, optim=self.optim).items()})
+            engine=self.engine_args, sampling=sampling, grpo=grpo, optim=self.optim).items()})
         self.hparams["lora"] = dataclasses.asdict(lora) if lora else None
         self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
         self.sleep_engine, self.use_fsdp, self.seed, self.nan_at_step = sleep_engine, fsdp, seed, nan_at_step
@@ -168,10 +197,12 @@ class RLModule(L.LightningModule):
         self._engine_attached = True
         self._synced_version = None
 
+    @override
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from astro_pl.modules.models import add_lora, load_causal_lm, load_tokenizer
+        from astro_pl.loading import load_causal_lm, load_tokenizer
+        from astro_pl.modules.lora import add_lora
 
         self.tokenizer = load_tokenizer(self.model_path)
         self.model = load_causal_lm(self.model_path, self.dtype_name)
@@ -208,7 +239,13 @@ class RLModule(L.LightningModule):
             reference.to(self.device)  # Lightning moves only registered submodules; FSDP2 placed sharded ones
         return reference
 
+    @override
     def setup(self, stage: str) -> None:
+        if self.task is None:
+            self.task = getattr(self.trainer.datamodule, "task", None) if self._trainer is not None else None
+            if self.task is None:
+                raise ValueError("RLModule needs a task: give --model.task, or a datamodule with a `task` "
+                                 "(PromptDataModule's --data.task)")
         size = self.engine_group_size
         if size > 1 and self._engine_group is None:
             world = self.trainer.world_size
@@ -220,29 +257,33 @@ class RLModule(L.LightningModule):
                 if start <= self.global_rank < start + size:
                     self._engine_group = group
         if self.tokenizer is None:
-            from astro_pl.modules.models import load_tokenizer
+            from astro_pl.loading import load_tokenizer
 
             self.tokenizer = load_tokenizer(self.model_path)
         if self.engine is None and stage in ("fit", "validate"):
             from astro_pl.rollout import build_engine
 
-            self.engine = build_engine(self.engine_kind, self.engine_args)
+            self.engine = build_engine(self.engine_args)
 
+    @override
     def teardown(self, stage: str) -> None:
         if self.engine is not None and not self._engine_attached:
             self.engine.close()
             self.engine = None
 
+    @override
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches
         return configure_adamw_cosine(self.model.named_parameters(), self.optim, total)
 
     # ---- checkpoint extras --------------------------------------------------------------------------------------
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rl_state"] = {"rollout_step": self.rollout_step, "version": self._version,
                                   "torch_rng": torch.get_rng_state()}
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("rl_state", {})
         self.rollout_step = int(state.get("rollout_step", 0))
@@ -253,12 +294,13 @@ class RLModule(L.LightningModule):
 
     # ---- the step -----------------------------------------------------------------------------------------------
 
+    @override
     def training_step(self, dataloader_iter) -> None:
         step = self.rollout_step
         t0 = time.perf_counter()
         try:
             sync_s = self._sync()
-            buffer, gen_s, reward_s, tokens = self._collect(dataloader_iter, step)
+            rollouts = self._collect(dataloader_iter, step)
         except Exception as error:  # noqa: BLE001 - reported with a checkpoint, then re-raised
             failed = 1.0
             cause = error
@@ -268,10 +310,14 @@ class RLModule(L.LightningModule):
             self._fail(f"rollout failed at step {step}" + (f": {cause!r}" if cause else " on another rank"), cause)
         if self.sleep_engine and self.engine.sleep():
             self._synced_version = None  # the sleeping engine dropped its weights
-        self.last_rollout = buffer  # what this step sampled, for inspection and tests
-        kept = int(all_reduce_scalar(len(buffer), "min"))
-        groups = buffer.groups[: min(kept, self.trainer.datamodule.batch_size)]
-        metrics = self._rollout_metrics(buffer, groups, tokens, gen_s, reward_s, sync_s)
+        self.last_rollout = rollouts.buffer  # what this step sampled, for inspection and tests
+        kept = int(all_reduce_scalar(len(rollouts.buffer), "min"))
+        groups = rollouts.buffer.groups[: min(kept, rollouts.wanted)]
+        correct = next((fn for fn in self.rewards if reward_name(fn) == "correct"), None)
+        metrics = rollout_metrics(rollouts, len(groups), getattr(correct, "correct", None))
+        # prompts this rank's engine generated for: its group's (every rank draws the same number)
+        metrics["rollout/engine_prompts"] = float(rollouts.buffer.drawn * self.engine_group_size)
+        metrics["time/sync_s"] = sync_s
         t1 = time.perf_counter()
         if groups:
             metrics.update(self._update(groups, step))
@@ -296,66 +342,23 @@ class RLModule(L.LightningModule):
             self.engine.wake_up()
         return seconds
 
-    def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
-        # the rendered prompt already holds BOS; the engine gets ids so it cannot add a second one
-        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    def _render(self, problems: list[Problem]) -> tuple[list[str], list[list[int]]]:
+        """Prompt texts of `problems` (the task's format, this policy's chat template) and their token ids; the
+        rendered prompt already holds BOS, so ids are encoded without special tokens."""
+        prompts = [self.task.prompt(self.tokenizer, p) for p in problems]
+        return prompts, [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
 
-    def _collect(self, dataloader_iter, step: int) -> tuple[GroupBuffer, float, float, int]:
-        from astro_pl.rewards.math import math_reward
+    def _collect(self, dataloader_iter, step: int) -> Rollouts:
+        def next_problems() -> list[Problem]:
+            batch = next(dataloader_iter)
+            return batch[0] if isinstance(batch, tuple) else batch
 
-        buffer, gen_s, reward_s, tokens = GroupBuffer(), 0.0, 0.0, 0
-        batch_size = self.trainer.datamodule.batch_size
         engine_index = self.global_rank // self.engine_group_size
-        for draw in range(self.grpo.max_extra_draws + 1 if self.grpo.dynamic_sampling else 1):
-            items = next(dataloader_iter)
-            items = items[0] if isinstance(items, tuple) else items
-            prompt_ids = self._prompt_ids([it.prompt for it in items])
-            seed = self.seed * 1_000_003 + step * 10_007 + draw * 1_009 + engine_index * 101_111
-            start = time.perf_counter()
-            outputs = generate_shared(self.engine, prompt_ids, dataclasses.replace(self.sampling, seed=seed),
-                                      self._engine_group)
-            gen_s += time.perf_counter() - start
-            start = time.perf_counter()
-            groups = []
-            for item, ids, completions in zip(items, prompt_ids, outputs, strict=True):
-                rewards = [math_reward(c.text, item.problem.answer, self.grpo.correct_reward,
-                                       self.grpo.incorrect_reward) for c in completions]
-                groups.append(Group(ids, list(completions), rewards, item.problem.answer))
-                tokens += sum(len(c.token_ids) for c in completions)
-            reward_s += time.perf_counter() - start
-            if self.grpo.dynamic_sampling:
-                rewards = torch.tensor([r for g in groups for r in g.rewards])
-                buffer.add(groups, dynamic_sampling_mask(rewards, self.grpo.group_size).tolist())
-            else:
-                buffer.add(groups, [True] * len(groups))
-            if all_reduce_scalar(len(buffer), "min") >= batch_size:
-                break
-        return buffer, gen_s, reward_s, tokens
-
-    def _rollout_metrics(self, buffer: GroupBuffer, groups: list[Group], tokens: int, gen_s: float,
-                         reward_s: float, sync_s: float) -> dict[str, float]:
-        from astro_pl.evaluation.backtracks import count_backtracks
-
-        # reward statistics over everything sampled this step, before dynamic sampling dropped any group
-        sampled = buffer.sampled
-        rewards = torch.tensor([r for g in sampled for r in g.rewards] or [0.0])
-        completions = [c for g in sampled for c in g.completions]
-        return {
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-            "reward/accuracy": (rewards >= self.grpo.correct_reward).float().mean().item(),
-            "rollout/groups_dropped_frac": buffer.dropped / max(buffer.drawn, 1),
-            "rollout/groups_kept": float(len(groups)),
-            "rollout/response_len": sum(len(c.token_ids) for c in completions) / max(len(completions), 1),
-            "rollout/truncated_frac": sum(c.finish_reason == "length" for c in completions) / max(len(completions), 1),
-            "rollout/backtracks": sum(count_backtracks(c.text) for c in completions) / max(len(completions), 1),
-            "rollout/tokens_per_s": tokens / max(gen_s, 1e-9),
-            # prompts this rank's engine generated for: its group's (every rank draws the same number)
-            "rollout/engine_prompts": float(buffer.drawn * self.engine_group_size),
-            "time/sync_s": sync_s,
-            "time/generate_s": gen_s,
-            "time/reward_s": reward_s,
-        }
+        return collect_rollouts(
+            self.engine, next_problems, self._render, self.sampling,
+            lambda draw: derive_seed(self.seed, "rollout", step, draw, engine_index),
+            self.rewards, self.reward_weights, self.task, dynamic_sampling=self.grpo.dynamic_sampling,
+            max_extra_draws=self.grpo.max_extra_draws, engine_group=self._engine_group)
 
     # ---- the update ---------------------------------------------------------------------------------------------
 
@@ -427,7 +430,7 @@ class RLModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         world = self.trainer.world_size
         constant = g.constant_normalizer or float(self.sampling.max_tokens)
-        generator = torch.Generator().manual_seed(self.seed * 7919 + step)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "minibatch-order", step))
         # statistics stay on the device until the end: a .item() per micro-batch would stall the GPU each time
         stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "clip_low", "clip_high", "kl", "entropy",
                                                                  "ratio_mean", "ratio_max", "is_weight_mean",
@@ -507,21 +510,24 @@ class RLModule(L.LightningModule):
         self.trainer.save_checkpoint(str(path))
         raise RolloutFailure(f"{message}; checkpoint written to {path} (resume with --ckpt_path {path})") from cause
 
+    @override
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         return batch  # prompts are text; the engine tokenizes and places them
 
     # ---- validation ---------------------------------------------------------------------------------------------
 
+    @override
     def validation_step(self, batch, batch_idx: int) -> None:
-        """Greedy answers to held-out problems, scored with the evaluation metrics (pass@1 = accuracy here)."""
-        from astro_pl.rewards.math import math_reward
-
+        """Greedy answers to held-out problems, scored with the evaluation metrics (pass@1 = accuracy here); a
+        cut-off answer is wrong."""
         self._sync()
         params = SamplingArgs(n=1, temperature=0.0, max_tokens=self.val_max_tokens, stop=self.sampling.stop,
                               seed=self.seed)
-        outputs = self.engine.generate(self._prompt_ids([it.prompt for it in batch]), params)
+        outputs = self.engine.generate(self._render(batch)[1], params)
         texts = [o[0].text for o in outputs]
-        correct = [math_reward(t, it.problem.answer, 1.0, 0.0) > 0 for t, it in zip(texts, batch, strict=True)]
+        answers = [self.task.final_answer(o[0].text, o[0].finish_reason) for o in outputs]
+        correct = [a is not None and self.task.check(a, problem.answer) for a, problem in zip(answers, batch,
+                                                                                              strict=True)]
         self.val_pass1.update(torch.tensor(correct).unsqueeze(1))
         self.val_length.update(torch.tensor([float(len(o[0].token_ids)) for o in outputs]))
         self.val_backtracks.update(texts)

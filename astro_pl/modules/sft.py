@@ -15,8 +15,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from astro_pl.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from astro_pl.modules.fsdp import shard_decoder
-from astro_pl.modules.models import LoraArgs, add_lora, load_causal_lm, load_tokenizer, resolve_dtype
+from astro_pl.modules.lora import LoraArgs, add_lora
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
 
 

@@ -1,22 +1,42 @@
-"""Tiny Llama models and tokenizers made locally, for CPU runs and tests (no hub downloads).
+"""Tiny Llama, Qwen2 and Qwen3 models and tokenizers made locally, for CPU runs and tests (no hub downloads).
 
-`train_tokenizer` fits a byte-level BPE on the texts a run will see; `build_tiny_llama` writes a randomly
-initialised Llama in Hugging Face format that transformers and vLLM both load.
+`train_tokenizer` fits a byte-level BPE on the texts a run will see; `build_tiny_model` writes a randomly
+initialised model of one of `ARCHITECTURES` in Hugging Face format that transformers and vLLM both load. The Qwen
+ones carry what sets them apart from Llama, so weight sync, export and chat rendering meet it on CPU: Qwen2 has
+q/k/v biases, Qwen3 per-head q/k RMSNorms and a chat template with a thinking switch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
 
-from astro_pl.datamodules.chat import PLAIN_CHAT_TEMPLATE
+from astro_pl.data.chat import PLAIN_CHAT_TEMPLATE, QWEN3_CHAT_TEMPLATE
 from astro_pl.errors import UsageError
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
+
+ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+"""`--architecture` choices: the Hugging Face config class each builds."""
+
+QWEN2_UNK_TOKEN = "<|endoftext|>"
+
+QWEN3_TURN_TOKENS = ["<|im_start|>", "<|im_end|>"]
+QWEN3_THINK_TOKENS = ["<think>", "</think>"]
+"""Added to a Qwen3 tokenizer as Qwen3's own are: the turn markers special (<|im_end|> is the EOS), the think tags
+ordinary added tokens, so they stay in decoded text where the trace's reasoning starts and ends."""
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -45,24 +65,30 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     return fast
 
 
-def tiny_llama_config(
+def tiny_config(
+    architecture: str,
     vocab_size: int,
     hidden_size: int = 128,
     num_hidden_layers: int = 2,
     num_attention_heads: int = 2,
+    num_key_value_heads: int | None = None,
     intermediate_size: int = 256,
     max_position_embeddings: int = 2048,
-    bos_token_id: int = 1,
+    bos_token_id: int | None = 1,
     eos_token_id: int = 2,
     pad_token_id: int = 0,
-) -> LlamaConfig:
-    """A Llama config; head_dim = hidden/heads must be one vLLM's CPU attention supports (32, 64, 128...)."""
-    return LlamaConfig(
+) -> PretrainedConfig:
+    """A config of `architecture` ("llama", "qwen2" or "qwen3"); head_dim = hidden/heads must be one vLLM's CPU
+    attention supports (32, 64, 128...). Key/value heads default to the attention heads (no grouping)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    extra = {"head_dim": hidden_size // num_attention_heads} if architecture == "qwen3" else {}  # Qwen3 defaults 128
+    return ARCHITECTURES[architecture](
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads or num_attention_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
         bos_token_id=bos_token_id,
@@ -70,13 +96,33 @@ def tiny_llama_config(
         pad_token_id=pad_token_id,
         tie_word_embeddings=False,
         torch_dtype="float32",
+        **extra,
     )
 
 
-def build_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0, **sizes) -> Path:
-    """Writes a randomly initialised Llama sized by `sizes` plus the tokenizer to `out_dir` (HF format)."""
+def qwen3_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """`tokenizer` made Qwen3-like in place: turn and think tokens added, <|im_end|> as EOS, no BOS, and the
+    Qwen3-style chat template (its generation prompt honours `enable_thinking`)."""
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN3_TURN_TOKENS})
+    tokenizer.add_tokens(QWEN3_THINK_TOKENS)
+    tokenizer.eos_token, tokenizer.bos_token = "<|im_end|>", None
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(tokenizer_dir: str | Path, out_dir: str | Path, architecture: str = "llama", seed: int = 0,
+                     **sizes) -> Path:
+    """Writes a randomly initialised `architecture` model sized by `sizes` plus its tokenizer to `out_dir` (HF
+    format); a Qwen3 gets the tokenizer made Qwen3-like (`qwen3_tokenizer`)."""
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
-    config = tiny_llama_config(
+    if architecture == "qwen2":
+        # transformers loads any qwen2 model's tokenizer as its Qwen2Tokenizer, which adds this token (its unknown
+        # token) when missing: one id past the embedding. Present from the start, it is sized in.
+        tokenizer.add_special_tokens({"unk_token": QWEN2_UNK_TOKEN})
+    if architecture == "qwen3":
+        qwen3_tokenizer(tokenizer)
+    config = tiny_config(
+        architecture,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -84,11 +130,16 @@ def build_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, seed: int =
         **sizes,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0, **sizes) -> Path:
+    """Writes a randomly initialised Llama (`build_tiny_model` with architecture "llama")."""
+    return build_tiny_model(tokenizer_dir, out_dir, "llama", seed, **sizes)
 
 
 def check_tiny_model_args(cfg) -> None:
@@ -110,7 +161,8 @@ def check_tiny_model_args(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`astro tiny-model`: fit a tokenizer on trace/problem JSONL text fields and write a tiny Llama."""
+    """`astro tiny-model`: fit a tokenizer on trace/problem JSONL text fields and write a tiny Llama, Qwen2 or
+    Qwen3."""
     import json
 
     from jsonargparse import ActionConfigFile, ArgumentParser
@@ -120,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=str, nargs="+", required=True, help="JSONL files to fit the BPE on.")
     parser.add_argument("--fields", type=list[str], default=["problem", "trace"], help="Text fields to read.")
     parser.add_argument("--out", type=str, required=True, help="Output directory (HF format).")
+    parser.add_argument("--architecture", type=Literal[tuple(ARCHITECTURES)], default="llama",
+                        help="Model family: llama, qwen2 (q/k/v biases) or qwen3 (q/k norms, thinking template).")
     parser.add_argument("--vocab_size", type=int, default=512)
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_hidden_layers", type=int, default=2)
@@ -156,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         intermediate_size=cfg.intermediate_size,
         max_position_embeddings=cfg.max_position_embeddings,
     )
-    build_tiny_llama(out / "tokenizer", out, seed=cfg.seed, **sizes)
-    params = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(str(out)).parameters())
-    print(f"tiny Llama with {params / 1e6:.2f}M parameters written to {out}")
+    build_tiny_model(out / "tokenizer", out, cfg.architecture, seed=cfg.seed, **sizes)
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(out)).parameters())
+    print(f"tiny {cfg.architecture} with {params / 1e6:.2f}M parameters written to {out}")
     return 0

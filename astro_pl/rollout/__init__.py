@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
 
 from astro_pl.rollout.base import Completion, EngineArgs, RolloutEngine, SamplingArgs
 
-__all__ = ["Completion", "EngineArgs", "RolloutEngine", "SamplingArgs", "build_engine"]
+__all__ = ["Completion", "EngineArgs", "RolloutEngine", "SamplingArgs", "build_engine", "resolve_engine_args"]
 
 
-def build_engine(kind: Literal["vllm", "hf"], args: EngineArgs) -> RolloutEngine:
-    """Starts the engine named by `kind`; vllm is imported only when asked for."""
-    if kind == "vllm":
+def resolve_engine_args(args: EngineArgs, model: str | None) -> EngineArgs:
+    """`args` with its model (and so its tokenizer) defaulting to the command's `model`."""
+    if args.model is None:
+        if model is None:
+            raise ValueError("--engine.model is required (no command model to default to)")
+        args = dataclasses.replace(args, model=model)
+    return args
+
+
+def build_engine(args: EngineArgs, model: str | None = None) -> RolloutEngine:
+    """Starts the engine `args.kind` names (vllm is imported only when asked for); `model` is the default model."""
+    args = resolve_engine_args(args, model)
+    if args.kind == "vllm":
         from astro_pl.rollout.vllm import VLLMEngine
 
         return VLLMEngine(args)
-    if kind == "hf":
+    if args.kind == "hf":
         from astro_pl.rollout.hf import HFEngine
 
         return HFEngine(args)
-    raise ValueError(f"engine kind must be 'vllm' or 'hf', got {kind!r}")
+    raise ValueError(f"--engine.kind must be 'vllm' or 'hf', got {args.kind!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -123,10 +123,12 @@ def completion_text(tokenizer, token_ids: list[int], stop: Sequence[str]) -> str
 
 @dataclass
 class EngineArgs:
-    """How to build an engine; shared by configs of search, RL and evaluation.
+    """How to build an engine: the one engine spec of search, RL and evaluation (`--engine.kind hf`, ...).
 
     Args:
-        model: Hugging Face model directory or hub name.
+        kind: "vllm" (in-process vLLM) or "hf" (transformers' generate).
+        model: Hugging Face model directory or hub name; None takes the command's model (RL: the policy's path;
+            eval: `--model`).
         tokenizer: Tokenizer directory; defaults to `model`.
         dtype: "auto", "float32", "bfloat16" or "float16".
         max_model_len: Longest prompt + completion in tokens.
@@ -138,7 +140,8 @@ class EngineArgs:
         extra: Further keyword arguments passed to the engine constructor as is.
     """
 
-    model: str
+    kind: Literal["vllm", "hf"] = "vllm"
+    model: str | None = None
     tokenizer: str | None = None
     dtype: str = "auto"
     max_model_len: int = 2048

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, PreTrainedModel, StoppingCriteria
 
-from astro_pl.modules.models import load_causal_lm, load_tokenizer
+from astro_pl.loading import load_causal_lm, load_tokenizer
 from astro_pl.rollout.base import Completion, EngineArgs, SamplingArgs, completion_text, encode_prompts, first_stop
 
 

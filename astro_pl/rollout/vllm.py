@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from astro_pl.modules.models import resolve_dtype
+from astro_pl.loading import resolve_dtype
 from astro_pl.rollout.base import Completion, EngineArgs, SamplingArgs, completion_text, encode_prompts
 
 SEED_STRIDE = 1 << 16

@@ -7,12 +7,15 @@ No I/O here; the `astro search` runner writes the records.
 
 Conventions (ours, where the paper is silent):
 - A terminal counts as correct only if `correct is True`; any other terminal (wrong answer, or depth limit without
-  an answer) is incorrect. Answers are compared as stripped strings; all answerless terminals share one answer.
+  an answer) is incorrect. Answers are grouped with the answer checker (`checker`, default `answers_match`), so
+  `\\boxed{1/2}` and `\\boxed{\\frac{1}{2}}` are one attempt; all answerless terminals share one answer.
 - A backtrack returns to the deepest node of the next path already in the sequence (so it may return to a step
   of any earlier attempt, not only the last one); if that node is the root, it is a restart.
 - k is drawn uniformly from [min_backtracks, min(max_backtracks, number of distinct incorrect answers)]. A tree
   with fewer distinct incorrect answers than `min_backtracks` gives direct traces only; one with no correct
   terminal (after the optional self-evaluation filter) gives no traces.
+- With `direct_self_checks` off, direct traces are plain solutions: steps and the conclusion, no reflection phrase
+  (the Direct-SFT arm of the paper's ablation); search traces keep theirs.
 - With `dedupe`, a draw that repeats an earlier trace text of the tree is redrawn, at most `max_draws` times per
   wanted trace, so small trees give fewer traces rather than copies.
 """
@@ -22,9 +25,11 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
+from astro_pl.evaluation.metrics import group_answers
+from astro_pl.rewards.math import answers_match
 from astro_pl.rollout.base import RolloutEngine, SamplingArgs
 from astro_pl.search.tree import Node, SearchTree
 from astro_pl.search.verbalize import Phrases, Segment, join_segments, verbalize
@@ -54,6 +59,8 @@ class TraceArgs:
         min_backtracks: Fewest incorrect terminals (= backtracks) in a search trace.
         max_backtracks: Most incorrect terminals (= backtracks) in a search trace (paper: 2).
         self_check_q: Q at or above which an intermediate step gets a positive self-check; None: never.
+        direct_self_checks: Whether direct traces carry positive self-checks (after high-Q steps and the final
+            step). False: direct traces hold no reflection phrase at all, as the paper's Direct-SFT arm.
         dedupe: Drop a trace whose text repeats an earlier trace of the same tree (and redraw).
         max_draws: Draws per wanted trace before giving up when `dedupe` rejects repeats.
         phrases: Reflection, backtrack, restart and self-check sentences.
@@ -64,6 +71,7 @@ class TraceArgs:
     min_backtracks: int = 1
     max_backtracks: int = 2
     self_check_q: float | None = 0.9
+    direct_self_checks: bool = True
     dedupe: bool = True
     max_draws: int = 4
     phrases: Phrases = field(default_factory=Phrases)
@@ -82,8 +90,15 @@ class TraceArgs:
             raise ValueError(f"--traces.max_draws must be >= 1, got {self.max_draws}")
 
 
-def answer_key(node: Node) -> str | None:
-    return node.answer.strip() if node.answer is not None else None
+def group_by_answer(terminals: Sequence[Node], checker: Callable[[str, str], bool] = answers_match
+                    ) -> list[list[Node]]:
+    """Terminals grouped by equivalent answer (by `checker`, not by string), in order of first appearance; all
+    answerless terminals form one group."""
+    answers = [n.answer for n in terminals]
+    groups = group_answers(answers, checker)
+    answerless = [i for i, answer in enumerate(answers) if answer is None]
+    groups = sorted(groups + [answerless], key=lambda g: g[0]) if answerless else groups
+    return [[terminals[i] for i in group] for group in groups]
 
 
 def collect_terminals(tree: SearchTree) -> tuple[list[Node], list[Node]]:
@@ -99,22 +114,20 @@ def collect_terminals(tree: SearchTree) -> tuple[list[Node], list[Node]]:
 
 
 def choose_terminals(
-    correct: Sequence[Node], incorrect: Sequence[Node], k: int, rng: random.Random
+    correct: Sequence[Node], incorrect: Sequence[Node], k: int, rng: random.Random,
+    checker: Callable[[str, str], bool] = answers_match,
 ) -> tuple[Node, list[Node]]:
     """One correct terminal n* and up to k incorrect terminals with pairwise-distinct answers.
 
-    Picks k distinct answers uniformly, then one terminal per answer; returns fewer than k incorrect terminals
-    when there are fewer distinct answers (the caller decides whether that is enough).
+    Picks k distinct answers (equivalence by `checker`) uniformly, then one terminal per answer; returns fewer than
+    k incorrect terminals when there are fewer distinct answers (the caller decides whether that is enough).
     """
     if not correct:
         raise ValueError("choose_terminals needs at least one correct terminal")
     n_star = rng.choice(list(correct))
-    by_answer: dict[str | None, list[Node]] = {}
-    for node in incorrect:
-        by_answer.setdefault(answer_key(node), []).append(node)
-    answers = list(by_answer)
-    rng.shuffle(answers)
-    return n_star, [rng.choice(by_answer[a]) for a in answers[:k]]
+    groups = group_by_answer(incorrect, checker)
+    rng.shuffle(groups)
+    return n_star, [rng.choice(group) for group in groups[:k]]
 
 
 def merge_paths(tree: SearchTree, terminal_ids: Sequence[int]) -> list[Event]:
@@ -141,12 +154,20 @@ def merge_paths(tree: SearchTree, terminal_ids: Sequence[int]) -> list[Event]:
     return events
 
 
+def trace_segments(tree: SearchTree, terminal_ids: Sequence[int], args: TraceArgs, kind: str) -> list[Segment]:
+    """The paragraphs of the trace that visits `terminal_ids` (n* last), as `build_traces` words a trace of `kind`."""
+    phrases = args.phrases
+    if kind == "direct" and not args.direct_self_checks:
+        phrases = replace(phrases, confirm="")
+    return verbalize(tree, merge_paths(tree, terminal_ids), phrases, args.self_check_q)
+
+
 def build_traces(
     tree: SearchTree,
     args: TraceArgs,
     rng: random.Random,
     judge: SoundnessJudge | None = None,
-    rewrite: Callable[[list[Segment]], list[Segment]] | None = None,
+    checker: Callable[[str, str], bool] = answers_match,
 ) -> list[dict]:
     """Direct and search trace records of one tree (module docstring has the rules).
 
@@ -155,8 +176,7 @@ def build_traces(
         args: Counts, backtrack range, self-check threshold and phrases.
         rng: The only source of randomness; the same seed gives the same records.
         judge: Optional self-evaluation filter on correct terminals.
-        rewrite: Optional transition rewrite (e.g. `functools.partial(rewrite_transitions, engine=..., render=...)`);
-            dedupe compares texts before rewriting.
+        checker: Answer equivalence that makes two incorrect terminals one attempt (the task's answer checker).
 
     Returns:
         Records {"problem_id", "problem", "gold", "trace", "kind", "num_backtracks", "tree_id", "terminal_ids"},
@@ -168,7 +188,7 @@ def build_traces(
         correct = [n for n, sound in zip(correct, verdicts, strict=True) if sound]
     if not correct:
         return []
-    num_answers = len({answer_key(n) for n in incorrect})
+    num_answers = len(group_by_answer(incorrect, checker))
     plan = ["direct"] * args.num_direct
     if num_answers >= args.min_backtracks:
         plan += ["search"] * args.num_search
@@ -176,10 +196,9 @@ def build_traces(
     for kind in plan:
         for _ in range(args.max_draws):
             k = 0 if kind == "direct" else rng.randint(args.min_backtracks, min(args.max_backtracks, num_answers))
-            n_star, wrong = choose_terminals(correct, incorrect, k, rng)
+            n_star, wrong = choose_terminals(correct, incorrect, k, rng, checker)
             terminal_ids = [n.id for n in wrong] + [n_star.id]
-            segments = verbalize(tree, merge_paths(tree, terminal_ids), args.phrases, args.self_check_q)
-            text = join_segments(segments)
+            text = join_segments(trace_segments(tree, terminal_ids, args, kind))
             if args.dedupe and text in seen:
                 continue
             seen.add(text)
@@ -188,7 +207,7 @@ def build_traces(
                     "problem_id": tree.problem_id,
                     "problem": tree.problem,
                     "gold": tree.gold,
-                    "trace": join_segments(rewrite(segments)) if rewrite is not None else text,
+                    "trace": text,
                     "kind": kind,
                     "num_backtracks": len(wrong),
                     "tree_id": tree.problem_id,

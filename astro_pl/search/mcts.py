@@ -6,8 +6,9 @@ leaves with ONE proposer call (k candidate steps each), evaluates all new non-te
 after `iterations` rounds and the next problem takes its place, so engine batches stay full.
 
 What it does not do: write files (`run.py`), turn trees into traces (`linearize.py`). Departures from the paper:
-identical sibling steps are merged (their priors summed) so a node's children are distinct, and a terminal's
-value is its own verdict rather than rollouts from it.
+identical sibling steps are merged (their priors summed) so a node's children are distinct, a terminal's value
+is its own verdict rather than rollouts from it, and an empty step is dropped (a leaf left without steps is an
+answerless dead end).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from astro_pl.datamodules.problems import Problem
-from astro_pl.search.proposers import State, Step, StepProposer
+from astro_pl.data.problems import Problem
 from astro_pl.search.puct import backup, select_child
 from astro_pl.search.tree import Node, SearchTree
+from astro_pl.tasks.base import State, Step, StepProposer
 
 Checker = Callable[[str, str], bool]
 
@@ -74,9 +75,17 @@ def select_leaf(tree: SearchTree, c_puct: float) -> list[int]:
 
 
 def expand(tree: SearchTree, leaf: int, steps: Sequence[Step], max_depth: int, checker: Checker) -> list[Node]:
-    """Adds the (merged) steps as children of `leaf`; terminals get their verdict as R and Q right away."""
+    """Adds the (merged) steps as children of `leaf`; terminals get their verdict as R and Q right away.
+
+    A leaf with no steps (every sample was empty, so the proposer kept none) is a dead end: it becomes an incorrect
+    terminal without an answer, with R = Q = 0, as a depth-limit terminal would.
+    """
+    steps = [step for step in steps if step.text.strip()]  # an empty step is never a node
     if not steps:
-        raise ValueError(f"proposer returned no steps for tree {tree.problem_id!r} node {leaf}")
+        node = tree.nodes[leaf]
+        node.terminal, node.answer, node.correct = True, None, False
+        node.rollout_value = node.value = 0.0
+        return []
     children = []
     for step in merge_duplicate_steps(steps):
         node = tree.add_child(leaf, step.text, prior=step.prior)

@@ -5,9 +5,10 @@
 
 Writes to `out_dir`: trees.jsonl (one tree per problem, appended as each tree finishes), traces.jsonl (the
 linearised, verbalised traces of those trees, only from correct terminals the `--judge` finds sound), run.json
-(settings and problem ids) and summary.json. Crash-safe: a tree's traces are appended before the tree itself, and
-a rerun first drops a torn last line and any traces whose tree was not written, then skips the problems already in
-trees.jsonl, so after a kill no problem is lost or duplicated; a rerun with other settings is refused.
+(settings and problem ids) and summary.json; with `--rewrite.enabled true`, also rewritten.jsonl (`rewrite.py`).
+Crash-safe: a tree's traces are appended before the tree itself, and a rerun first drops a torn last line and any
+traces whose tree was not written, then skips the problems already in trees.jsonl, so after a kill no problem is
+lost or duplicated; a rerun with other settings is refused.
 
 A shard (`--shard I/N`, the contiguous block of problems `astro eval --shard` uses) is such a run in its own folder
 `out_dir/shard-I-of-N`. A problem's tree and traces do not depend on which problems share its run (with the
@@ -29,10 +30,10 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
 from tqdm import tqdm
 
-from astro_pl.datamodules.chat import render_prompt
-from astro_pl.datamodules.problems import Problem, load_benchmark, parse_arithmetic, synthetic_arithmetic
+from astro_pl.data.chat import render_prompt
+from astro_pl.data.problems import Problem, check_unique_ids
 from astro_pl.errors import UsageError
-from astro_pl.rewards.math import answers_match
+from astro_pl.rollout import build_engine
 from astro_pl.rollout.base import EngineArgs, RolloutEngine
 from astro_pl.runfiles import (
     append_jsonl,
@@ -46,71 +47,11 @@ from astro_pl.runfiles import (
 )
 from astro_pl.search.linearize import SelfEvaluationJudge, SoundnessJudge, TraceArgs, build_traces
 from astro_pl.search.mcts import SearchArgs, search_trees
-from astro_pl.search.proposers import (
-    ArithmeticStepJudge,
-    LLMProposerArgs,
-    LLMStepProposer,
-    ScriptedArithmeticTeacher,
-    StepProposer,
-    TeacherArgs,
-)
+from astro_pl.search.proposers import LLMProposerArgs, LLMStepProposer
+from astro_pl.search.rewrite import REWRITTEN_FILE, RewriteArgs, check_rewrite, rewrite_folder
 from astro_pl.search.tree import SearchTree, append_tree, read_trees
 from astro_pl.shards import complete_shards, parse_shard, shard_range
-
-
-@dataclass
-class ProblemArgs:
-    """Which problems to search.
-
-    Args:
-        source: "synthetic" (seeded arithmetic), a benchmark name (math_train, math500, aime24, amc23, gsm8k), a
-            .jsonl/.json/.parquet file, or "hf:NAME[:SPLIT]".
-        limit: Keep only the first `limit` problems.
-        num_synthetic: Number of synthetic problems (source "synthetic" only).
-        min_operations: Fewest operators per synthetic expression.
-        max_operations: Most operators per synthetic expression.
-        operators: Operators of the synthetic expressions ("+-*", or "+-" for tiny models).
-        operand_max: Largest synthetic operand (smaller: fewer arithmetic facts for a tiny model to learn).
-        seed: Seed of the synthetic problems.
-        max_chars: Longest problem text searched; a longer one is refused by id (its steps would cost time
-            growing with the square of its length and stall its whole batch).
-    """
-
-    source: str = "synthetic"
-    limit: int | None = None
-    num_synthetic: int = 64
-    min_operations: int = 2
-    max_operations: int = 4
-    operators: str = "+-*"
-    operand_max: int = 9
-    seed: int = 0
-    max_chars: int = 20_000
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"--problems.limit must be >= 1, got {self.limit}")
-        if self.max_chars < 1:
-            raise UsageError(f"--problems.max_chars must be >= 1, got {self.max_chars}")
-
-    def load(self) -> list[Problem]:
-        if self.source == "synthetic":
-            problems = synthetic_arithmetic(
-                self.num_synthetic, self.seed, self.min_operations, self.max_operations,
-                operand_max=self.operand_max, operators=self.operators,
-            )
-            problems = problems[: self.limit] if self.limit is not None else problems
-        else:
-            problems = load_benchmark(self.source, limit=self.limit)
-        duplicates = [pid for pid, count in Counter(p.id for p in problems).items() if count > 1]
-        if duplicates:
-            raise ValueError(f"--problems.source {self.source!r}: duplicate problem ids {duplicates[:5]}")
-        if not problems:
-            raise UsageError(f"--problems.source {self.source!r}: no problems to search")
-        too_long = next((p for p in problems if len(p.problem) > self.max_chars), None)
-        if too_long is not None:
-            raise UsageError(f"--problems.source {self.source!r}: problem {too_long.id!r} has "
-                             f"{len(too_long.problem)} characters, over --problems.max_chars {self.max_chars}")
-        return problems
+from astro_pl.tasks.base import StepProposer, Task, flat_problems
 
 
 @dataclass
@@ -147,53 +88,71 @@ def build_parser() -> ArgumentParser:
                         help="Search only block I of N of the problems (\"I/N\", 0-based) into OUT_DIR/shard-I-of-N.")
     parser.add_argument("--merge", type=str | None, default=None,
                         help="Instead of searching, combine the shard-I-of-N folders of this folder into its files.")
-    parser.add_argument("--proposer", type=Literal["teacher", "llm"], default="teacher",
-                        help="teacher: scripted arithmetic environment; llm: a model through --engine.")
-    parser.add_argument("--engine_kind", type=Literal["vllm", "hf"], default="vllm", help="Rollout engine (llm).")
+    parser.add_subclass_arguments(Task, "task", required=False,
+                                  help="The domain: its problems, prompt and answer check (class_path + init_args).")
+    parser.add_argument("--split", type=Literal["train", "val", "test"], default="train",
+                        help="Which of the task's splits to search.")
+    parser.add_argument("--limit", type=int | None, default=None, help="Search only the first LIMIT problems.")
+    parser.add_argument("--max_problem_chars", type=int, default=20_000,
+                        help="Longest problem text searched; a longer one is refused by id (its steps cost time "
+                             "growing with the square of its length and would stall its whole batch).")
+    parser.add_argument("--proposer", type=Literal["task", "llm"], default="task",
+                        help="task: the task's scripted teacher (an environment, not a model); llm: a model through "
+                             "--engine.")
     parser.add_argument("--engine", type=EngineArgs | None, default=None, help="Engine to build (llm only).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of trace sampling (per tree: seed and tree id).")
-    parser.add_argument("--judge", type=Literal["none", "teacher", "llm"], default="none",
-                        help="Which correct terminals may be taught: none (all); teacher (the arithmetic environment "
-                             "checks every step, synthetic problems); llm (the search model's self-evaluation).")
-    parser.add_class_arguments(ProblemArgs, "problems")
+    parser.add_argument("--judge", type=Literal["none", "task", "llm"], default="none",
+                        help="Which correct terminals may be taught: none (all); task (the task's soundness judge "
+                             "checks every step); llm (the search model's self-evaluation).")
     parser.add_class_arguments(SearchArgs, "search")
-    parser.add_class_arguments(TeacherArgs, "teacher")
     parser.add_class_arguments(LLMProposerArgs, "llm")
     parser.add_class_arguments(TraceArgs, "traces")
     parser.add_class_arguments(SelfEvalArgs, "self_eval")
+    parser.add_class_arguments(RewriteArgs, "rewrite")
     return parser
 
 
-def build_proposer(kind: str, teacher: TeacherArgs, llm: LLMProposerArgs, engine_kind: str,
-                   engine: EngineArgs | None) -> tuple[StepProposer, RolloutEngine | None]:
-    """The proposer and the engine behind it (None for the teacher), which the caller closes."""
-    if kind == "teacher":
-        return ScriptedArithmeticTeacher(teacher), None
-    if engine is None:
+def build_proposer(kind: str, task: Task, llm: LLMProposerArgs, engine: EngineArgs | None
+                   ) -> tuple[StepProposer, RolloutEngine | None]:
+    """The proposer and the engine behind it (None for a scripted teacher), which the caller closes
+    (`check_choices` has refused a task without a teacher)."""
+    if kind == "task":
+        return task.teacher(), None
+    if engine is None or engine.model is None:
         raise ValueError("--proposer llm needs --engine.model (and optionally the other --engine.* options)")
-    from astro_pl.modules.models import load_tokenizer
-    from astro_pl.rollout import build_engine
+    from astro_pl.loading import load_tokenizer
 
-    rollout_engine = build_engine(engine_kind, engine)
+    rollout_engine = build_engine(engine)
     tokenizer = load_tokenizer(engine.tokenizer or engine.model)
     return LLMStepProposer(rollout_engine, tokenizer, llm), rollout_engine
 
 
-def check_judge(kind: str, proposer: str, problems: list[Problem]) -> None:
-    """Refuses judges that cannot judge these runs, before any engine starts."""
+def check_sizes(problems: list[Problem], max_chars: int, where: str) -> None:
+    """Refuses an empty problem list and any problem longer than `max_chars`, naming it."""
+    if max_chars < 1:
+        raise UsageError(f"--max_problem_chars must be >= 1, got {max_chars}")
+    if not problems:
+        raise UsageError(f"{where}: no problems to search")
+    too_long = next((p for p in problems if len(p.problem) > max_chars), None)
+    if too_long is not None:
+        raise UsageError(f"{where}: problem {too_long.id!r} has {len(too_long.problem)} characters, over "
+                         f"--max_problem_chars {max_chars}")
+
+
+def check_choices(kind: str, proposer: str, task: Task) -> None:
+    """Refuses a proposer or judge the task cannot give, before the folder is claimed or any engine starts."""
+    if proposer == "task" and task.teacher() is None:
+        raise ValueError(f"--proposer task: {type(task).__name__} has no scripted teacher; use --proposer llm")
     if kind == "llm" and proposer != "llm":
         raise ValueError("--judge llm needs --proposer llm (the search model judges its own solutions)")
-    if kind == "teacher":
-        foreign = next((p for p in problems if parse_arithmetic(p.problem) is None), None)
-        if foreign is not None:
-            raise ValueError(f"--judge teacher checks synthetic arithmetic steps; problem {foreign.id!r} is not "
-                             f"'Evaluate <expr>.' (use --judge llm or none)")
+    if kind == "task" and not task.has_judge:
+        raise ValueError(f"--judge task: {type(task).__name__} has no soundness judge (use --judge llm or none)")
 
 
-def build_judge(kind: str, proposer: StepProposer, args: SelfEvalArgs) -> SoundnessJudge | None:
-    """The step-2 filter of Algorithm 1 (`check_judge` has refused impossible pairs)."""
-    if kind == "teacher":
-        return ArithmeticStepJudge()
+def build_judge(kind: str, task: Task, proposer: StepProposer, args: SelfEvalArgs) -> SoundnessJudge | None:
+    """The step-2 filter of Algorithm 1 (`check_choices` has refused impossible pairs)."""
+    if kind == "task":
+        return lambda tree, node_ids: [task.sound(tree.problem, tree.steps(i)) for i in node_ids]
     if kind == "llm":
         assert isinstance(proposer, LLMStepProposer)
         return SelfEvaluationJudge(proposer.engine, partial(render_prompt, proposer.tokenizer), args.num_samples,
@@ -260,9 +219,10 @@ def search_and_write(problems: list[Problem], proposer: StepProposer, cfg: Names
     done = resume(trees_path, traces_path)
     todo = [p for p in problems if p.id not in done]
     print(f"astro search: {len(done)} problems already done in {out_dir}, {len(todo)} to search")
-    trees = search_trees(todo, proposer, cfg.search, answers_match)
+    trees = search_trees(todo, proposer, cfg.search, cfg.task.check)
     for tree in tqdm(trees, total=len(todo), desc="search", unit="tree"):
-        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge)
+        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge,
+                              checker=cfg.task.check)
         write_tree(tree, traces, trees_path, traces_path)
 
 
@@ -307,8 +267,8 @@ def claim_folder(out_dir: Path, run: dict) -> None:
 
 
 def merge_shards(folder: Path) -> dict:
-    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl,
-    run.json and summary.json, in problem order: the files an unsharded run writes."""
+    """Combines the complete shard folders `shard-I-of-N` of one run into `folder`'s trees.jsonl, traces.jsonl (and
+    rewritten.jsonl), run.json and summary.json, in problem order: the files an unsharded run writes."""
     shard_dirs = complete_shards(folder, "shard-{i}-of-{n}", "; run astro search --shard I/N for each")
     count = len(shard_dirs)
     runs = []
@@ -321,7 +281,9 @@ def merge_shards(folder: Path) -> dict:
         if changed:
             raise ValueError(f"{folder}: shard {i} of {count} was run with other settings than shard 0 "
                              f"({', '.join(changed[:8])})")
-    trees, traces = [], []
+    rewritten = runs[0]["settings"].get("rewrite", {}).get("enabled", False)  # absent in runs before the option
+    names = ["traces.jsonl"] + ([REWRITTEN_FILE] if rewritten else [])
+    trees, records_of = [], {name: [] for name in names}
     for i, run in enumerate(runs):
         shard_dir = shard_dirs[i]
         by_id = {t.problem_id: t for t in read_trees(shard_dir / "trees.jsonl")} \
@@ -329,14 +291,17 @@ def merge_shards(folder: Path) -> dict:
         if set(by_id) != set(run["problem_ids"]):
             raise ValueError(f"{shard_dir}: {len(set(by_id) & set(run['problem_ids']))} of "
                              f"{len(run['problem_ids'])} trees; rerun shard {i}/{count} to finish it")
-        by_problem: dict[str, list[dict]] = {}
-        for trace in read_jsonl(shard_dir / "traces.jsonl"):
-            by_problem.setdefault(str(trace["problem_id"]), []).append(trace)
-        for problem_id in run["problem_ids"]:
-            trees.append(by_id[problem_id])
-            traces += by_problem.get(problem_id, [])
-    write_jsonl(folder / "trees.jsonl", [t.to_dict() for t in trees])
-    write_jsonl(folder / "traces.jsonl", traces)
+        trees += [by_id[problem_id] for problem_id in run["problem_ids"]]
+        shard_records = {name: read_jsonl(shard_dir / name) for name in names}
+        if len(shard_records.get(REWRITTEN_FILE, shard_records["traces.jsonl"])) != len(shard_records["traces.jsonl"]):
+            raise ValueError(f"{shard_dir}: {REWRITTEN_FILE} is unfinished; rerun shard {i}/{count} to finish it")
+        for name, records in shard_records.items():
+            by_problem: dict[str, list[dict]] = {}
+            for record in records:
+                by_problem.setdefault(str(record["problem_id"]), []).append(record)
+            records_of[name] += [r for problem_id in run["problem_ids"] for r in by_problem.get(problem_id, [])]
+    for name, records in [("trees.jsonl", [t.to_dict() for t in trees]), *records_of.items()]:
+        write_jsonl(folder / name, records)
     write_json(folder / "run.json", {"settings": runs[0]["settings"], "shard": None,
                                      "problem_ids": [pid for run in runs for pid in run["problem_ids"]]})
     return finish(folder)
@@ -349,36 +314,62 @@ def finish(out_dir: Path) -> dict:
     return summary
 
 
+def search(parser: ArgumentParser, raw: Namespace) -> dict:
+    """Runs (or resumes) the search `raw` describes (`build_parser`'s options) and returns the summary of its
+    folder. Bad settings raise ValueError naming the flag, or the file, line and field."""
+    if raw.out_dir is None:
+        raise UsageError("--out_dir is required (or --merge DIR to combine shards)")
+    if raw.task is None:
+        raise ValueError("--task is required (e.g. --task astro_pl.tasks.ArithmeticTask)")
+    cfg = parser.instantiate(raw)
+    problems = flat_problems(cfg.task, cfg.split, cfg.limit)
+    check_unique_ids(problems, f"--task {cfg.split} split")
+    check_sizes(problems, cfg.max_problem_chars, f"--task {cfg.split} split")
+    out_dir, shard = Path(cfg.out_dir), None
+    if cfg.shard is not None:
+        shard = parse_shard(cfg.shard)
+        problems = [problems[i] for i in shard_range(len(problems), *shard)]
+        out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
+    check_choices(cfg.judge, cfg.proposer, cfg.task)
+    check_rewrite(cfg.rewrite, cfg.proposer)
+    with claim(out_dir):
+        claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
+                               "problem_ids": [p.id for p in problems]})
+        proposer, engine = build_proposer(cfg.proposer, cfg.task, cfg.llm, cfg.engine)
+        try:
+            parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
+            search_and_write(problems, proposer, cfg, out_dir,
+                             build_judge(cfg.judge, cfg.task, proposer, cfg.self_eval))
+            if cfg.rewrite.enabled and cfg.rewrite.engine is None:  # the search's model rewrites, still loaded
+                rewrite_folder(out_dir, cfg.rewrite, cfg.traces, proposer.engine, proposer.tokenizer)
+        finally:
+            if engine is not None:
+                engine.close()
+        if cfg.rewrite.enabled and cfg.rewrite.engine is not None:  # its own model, once the search's is closed
+            rewrite_folder(out_dir, cfg.rewrite, cfg.traces)
+        summary = finish(out_dir)
+    if shard is not None:
+        print(f"shard {cfg.shard} done in {out_dir}; after all shards: astro search --merge {cfg.out_dir}")
+    return summary
+
+
+def search_config(config: str | Path, out_dir: str | Path) -> dict:
+    """The search a config file describes, into `out_dir`: `astro search --config CONFIG --out_dir OUT_DIR` as a
+    function (SFT's `TraceDataModule` calls it when it has no traces yet)."""
+    parser = build_parser()
+    raw = parser.parse_path(str(config))
+    raw.out_dir = str(out_dir)
+    return search(parser, raw)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Flag, file and settings errors raise UsageError/ValueError naming the flag, or the file, line and field;
+    """Flag, file and settings errors raise ValueError (UsageError) naming the flag, or the file, line and field;
     the `astro` dispatch prints them as one line."""
     parser = build_parser()
     raw = parser.parse_args(argv)
     if raw.merge:
         with claim(raw.merge, "--merge"):
             merge_shards(Path(raw.merge))
-        return 0
-    if raw.out_dir is None:
-        raise UsageError("--out_dir is required (or --merge DIR to combine shards)")
-    cfg = parser.instantiate(raw)
-    problems = cfg.problems.load()
-    out_dir, shard = Path(cfg.out_dir), None
-    if cfg.shard is not None:
-        shard = parse_shard(cfg.shard)
-        problems = [problems[i] for i in shard_range(len(problems), *shard)]
-        out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
-    check_judge(cfg.judge, cfg.proposer, problems)
-    with claim(out_dir):
-        claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
-                               "problem_ids": [p.id for p in problems]})
-        proposer, engine = build_proposer(cfg.proposer, cfg.teacher, cfg.llm, cfg.engine_kind, cfg.engine)
-        try:
-            parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
-            search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, proposer, cfg.self_eval))
-        finally:
-            if engine is not None:
-                engine.close()
-        finish(out_dir)
-    if shard is not None:
-        print(f"shard {cfg.shard} done in {out_dir}; after all shards: astro search --merge {cfg.out_dir}")
+    else:
+        search(parser, raw)
     return 0

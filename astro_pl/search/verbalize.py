@@ -7,18 +7,17 @@ the step delimiter (a blank line).
 
 Departures from the paper: the paper quotes the backtrack phrase only as "Let's go back to where we ..." and has an
 LLM rewrite the prose; here the default template quotes the start of the step returned to, and the LLM rewrite of
-transitions (`rewrite_transitions`) is optional and off by default. The positive self-check reuses the paper's
-reflection question ("But wait, are we solving the problem correctly so far?") before "Our solution seems to be
-correct so far." (ours: the paper elides that part).
+steps and go-back sentences (`rewrite.py`, `astro search --rewrite.enabled true`) is optional and off by default.
+The positive self-check reuses the paper's reflection question ("But wait, are we solving the problem correctly so
+far?") before "Our solution seems to be correct so far." (ours: the paper elides that part).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from astro_pl.rollout.base import RolloutEngine, SamplingArgs
 from astro_pl.search.tree import SearchTree
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ class Phrases:
     Args:
         question: Reflection question that opens every self-check, doubtful or positive.
         doubt: Said after an incorrect terminal, before going back.
-        confirm: Said after a high-Q intermediate step and after the final step.
+        confirm: Said after a high-Q intermediate step and after the final step. Empty: no positive self-checks.
         backtrack: Said when going back to an earlier step; `{step}` is the quoted start of that step.
         restart: Said when going back to the problem itself (the root).
         conclusion: Closes the trace; `{answer}` is the correct terminal's answer. Empty: end at the final
@@ -64,8 +63,10 @@ class Segment(NamedTuple):
 
     text: str
     kind: str
-    """"step" (a node's text), "check" (positive self-check), "backtrack" (doubt + backtrack or restart),
-    or "conclusion" (closing sentence with the answer)."""
+    """"step" (a node's text), "check" (positive self-check), "backtrack" (doubt + going back to a step),
+    "restart" (doubt + going back to the problem) or "conclusion" (closing sentence with the answer)."""
+    node: int | None = None
+    """The tree node of a step or check, or the step a backtrack returns to (None for the others)."""
 
 
 def quote_step(text: str, max_chars: int) -> str:
@@ -103,14 +104,14 @@ def verbalize(tree: SearchTree, events: Sequence[Event], phrases: Phrases, self_
     segments: list[Segment] = []
     for event in events:
         if event.kind == "step":
-            segments.append(Segment(tree.nodes[event.node].text, "step"))
+            segments.append(Segment(tree.nodes[event.node].text, "step", event.node))
             if phrases.confirm and needs_self_check(tree, event.node, self_check_q):
-                segments.append(Segment(confirmation, "check"))
+                segments.append(Segment(confirmation, "check", event.node))
         elif event.kind == "backtrack":
             quote = quote_step(tree.nodes[event.node].text, phrases.quote_chars)
-            segments.append(Segment(f"{reflection} {phrases.backtrack.format(step=quote)}", "backtrack"))
+            segments.append(Segment(f"{reflection} {phrases.backtrack.format(step=quote)}", "backtrack", event.node))
         elif event.kind == "restart":
-            segments.append(Segment(f"{reflection} {phrases.restart}", "backtrack"))
+            segments.append(Segment(f"{reflection} {phrases.restart}", "restart"))
         else:
             raise ValueError(f"unknown event kind {event.kind!r}")
     answer = tree.nodes[events[-1].node].answer
@@ -121,49 +122,3 @@ def verbalize(tree: SearchTree, events: Sequence[Event], phrases: Phrases, self_
 
 def join_segments(segments: Sequence[Segment]) -> str:
     return STEP_DELIMITER.join(s.text.strip() for s in segments)
-
-
-REWRITE_INSTRUCTION = (
-    "Below are two consecutive steps of a math solution and the transition sentence between them. Rewrite the "
-    "transition so that the solution reads as one continuous line of thought, keeping its meaning (doubting the "
-    "last step and going back, restarting, or confirming the work so far). Do not solve anything and do not state "
-    "a final answer. Reply with the rewritten transition only.\n\n"
-    "Previous step:\n{before}\n\nTransition:\n{transition}\n\nNext step:\n{after}"
-)
-
-
-def rewrite_transitions(
-    segments: Sequence[Segment],
-    engine: RolloutEngine,
-    render: Callable[[str], str],
-    sampling: SamplingArgs | None = None,
-) -> list[Segment]:
-    """Asks the model to smooth every transition (self-check or backtrack) in one batched engine call.
-
-    A rewrite that is empty or contains `\\boxed` is dropped (the original phrase stays), so the final answer of
-    the trace cannot change; blank lines in a rewrite are folded so it stays one paragraph.
-
-    Args:
-        segments: Output of `verbalize`.
-        engine: Any rollout engine.
-        render: Turns the instruction text into a prompt (e.g. `lambda t: render_prompt(tokenizer, t)`).
-        sampling: Generation settings; default greedy, 128 tokens, n = 1.
-    """
-    sampling = sampling or SamplingArgs(n=1, temperature=0.0, max_tokens=128, logprobs=False)
-    if sampling.n != 1:
-        sampling = replace(sampling, n=1)
-    positions = [i for i, s in enumerate(segments) if s.kind in {"check", "backtrack"}]
-    if not positions:
-        return list(segments)
-    prompts = []
-    for i in positions:
-        before = segments[i - 1].text if i > 0 else ""
-        after = segments[i + 1].text if i + 1 < len(segments) else ""
-        prompts.append(render(REWRITE_INSTRUCTION.format(before=before, transition=segments[i].text, after=after)))
-    outputs = engine.generate(prompts, sampling)
-    rewritten = list(segments)
-    for i, completions in zip(positions, outputs, strict=True):
-        text = "\n".join(line.strip() for line in completions[0].text.strip().splitlines() if line.strip())
-        if text and "\\boxed" not in text:
-            rewritten[i] = Segment(text, segments[i].kind)
-    return rewritten

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from astro_pl.datamodules.prompts import PromptDataModule, PromptSampler
+from astro_pl.tasks import ArithmeticTask
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,26 +31,26 @@ def test_sampler_resumes_from_its_position():
     assert [b.draw(3) for _ in range(3)] == draws[2:]
 
 
-def test_datamodule_renders_prompts_and_restores_state(tiny_model_dir):
-    dm = PromptDataModule(str(tiny_model_dir), batch_size=3, num_synthetic=20, num_val=5)
+def test_datamodule_draws_the_tasks_problems_and_restores_state():
+    task = ArithmeticTask(num_train=20, num_val=5)
+    dm = PromptDataModule(task, batch_size=3)
     dm.setup("fit")
     batches = iter(dm.train_dataloader())
     first, second = next(batches), next(batches)
-    assert len(first) == 3 and first[0].prompt.startswith("<s><|user|>\nEvaluate ")
-    assert first[0].prompt.endswith("<|assistant|>\n")
-    # the held-out set is generated with its own seed
-    assert len(dm.val_items) == 5 and all(v.problem.id.startswith("synthetic-1000003-") for v in dm.val_items)
+    assert len(first) == 3 and all(p in task.problems("train")["synthetic"] for p in first + second)
+    # the held-out set is the task's validation split, generated with its own seed
+    assert len(dm.val_items) == 5 and all(p.id.startswith("synthetic-1000003-") for p in dm.val_items)
     state = dm.state_dict()
     assert state == {"position": 6}
-    resumed = PromptDataModule(str(tiny_model_dir), batch_size=3, num_synthetic=20, num_val=5)
+    resumed = PromptDataModule(ArithmeticTask(num_train=20, num_val=5), batch_size=3)
     resumed.load_state_dict({"position": 3})
     resumed.setup("fit")
     assert next(iter(resumed.train_dataloader())) == second
 
 
-def test_bad_batch_size_names_the_flag(tiny_model_dir):
+def test_bad_batch_size_names_the_flag():
     with pytest.raises(ValueError, match="--data.batch_size"):
-        PromptDataModule(str(tiny_model_dir), batch_size=0)
+        PromptDataModule(ArithmeticTask(), batch_size=0)
 
 
 @pytest.mark.parametrize("name", ["synthetic.yaml", "llama3_8b.yaml", "llama31_70b.yaml"])
@@ -58,11 +59,13 @@ def test_rl_configs_parse(name):
 
     from astro_pl.modules.rl import RLModule
 
-    config = yaml.safe_load((REPO / "configs" / "rl" / name).read_text())
+    path = REPO / "configs" / "rl" / name
+    config = yaml.safe_load(path.read_text())
     parser = ArgumentParser()
-    parser.add_class_arguments(RLModule, "model")
-    parser.add_class_arguments(PromptDataModule, "data")
-    parsed = parser.parse_object({"model": config["model"]["init_args"], "data": config["data"]["init_args"]})
-    init = parser.instantiate_classes(parsed)
+    parser.add_argument("--seed_everything", type=int)
+    parser.add_argument("--trainer", type=dict)
+    parser.add_subclass_arguments(RLModule, "model")
+    parser.add_subclass_arguments(PromptDataModule, "data")
+    init = parser.instantiate(parser.parse_path(str(path)))  # the task file resolves beside the config
     assert init.model.grpo.group_size == config["model"]["init_args"]["grpo"]["group_size"]
     assert init.model.sampling.n == init.model.grpo.group_size

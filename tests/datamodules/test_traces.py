@@ -154,8 +154,8 @@ def test_sampler_is_deterministic():
 def test_search_config_runs_the_search_once(tiny_model_dir, tmp_path):
     config = tmp_path / "search.yaml"
     config.write_text(
-        f"out_dir: {tmp_path / 'overridden'}\nproposer: teacher\nseed: 0\n"
-        "problems: {source: synthetic, num_synthetic: 4, min_operations: 2, max_operations: 3}\n"
+        f"out_dir: {tmp_path / 'overridden'}\nproposer: task\nseed: 0\nlimit: 4\n"
+        "task: {class_path: astro_pl.tasks.ArithmeticTask, init_args: {min_operations: 2, max_operations: 3}}\n"
         "search: {iterations: 6, num_children: 2, num_rollouts: 2, max_depth: 8}\n"
     )
     out = tmp_path / "search_out"

@@ -24,11 +24,12 @@ def rl_config(tmp_path: Path, model_dir: Path, *, steps: int = 2, engine: str = 
     config["trainer"].update({"max_steps": steps, "val_check_interval": 2, "limit_val_batches": 1, **(trainer or {})})
     config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 1
     init = config["model"]["init_args"]
-    init["engine"] = engine
+    init["engine"]["kind"] = engine
     init["sampling"]["max_tokens"] = 16
     init["grpo"].update(micro_batch_size=8, **(grpo or {}))
     init.update(model or {})
-    config["data"]["init_args"].update(batch_size=2, num_synthetic=64, num_val=2, val_batch_size=2, **EASY)
+    config["data"]["init_args"].update(batch_size=2, val_batch_size=2, task={
+        "class_path": "astro_pl.tasks.ArithmeticTask", "init_args": {"num_train": 64, "num_val": 2, **EASY}})
     if devices > 1:
         config["trainer"]["devices"] = devices
         config["trainer"]["strategy"] = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
@@ -51,9 +52,9 @@ def train_boxed_policy(model_dir: Path, out_dir: Path, steps: int = 60, seed: in
     """Fits `model_dir` briefly on one-operation synthetic problems answered "\\boxed{gold}" and saves it."""
     import torch
 
-    from astro_pl.datamodules.chat import render_example
-    from astro_pl.datamodules.problems import synthetic_arithmetic
-    from astro_pl.modules.models import load_causal_lm, load_tokenizer
+    from astro_pl.data.chat import render_example
+    from astro_pl.loading import load_causal_lm, load_tokenizer
+    from astro_pl.tasks.arithmetic import synthetic_arithmetic
 
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(str(model_dir))

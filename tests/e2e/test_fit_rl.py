@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from astro_pl.datamodules.prompts import PromptDataModule
 from astro_pl.modules.rl import GRPOArgs, RLModule
 from astro_pl.rollout.base import SamplingArgs
+from astro_pl.tasks import ArithmeticTask
 
 
 def wandb_summary(root: Path) -> dict:
@@ -38,9 +39,9 @@ def test_fit_rl_two_processes_fsdp_vllm(rl_policy_dir, tmp_path):
     assert meta["PromptDataModule"] == {"position": 8}
     assert meta["rl_state"]["rollout_step"] == 2 and meta["global_step"] == 2
     summary = wandb_summary(tmp_path / "run")
-    for key in ("reward/mean", "reward/accuracy", "rollout/tokens_per_s", "rollout/groups_dropped_frac",
-                "rollout/backtracks", "train/clip_frac", "train/entropy", "train/computed_frac", "time/sync_s",
-                "time/train_s", "val/accuracy"):
+    for key in ("reward/mean", "reward/correct", "reward/accuracy", "rollout/tokens_per_s",
+                "rollout/groups_dropped_frac", "rollout/truncated_frac", "rollout/backtracks", "train/clip_frac",
+                "train/entropy", "train/computed_frac", "time/sync_s", "time/train_s", "val/accuracy"):
         assert key in summary, key
     assert summary["time/sync_s"] > 0  # the second step synced the updated policy
     # ... and the engine sampled from it: its log-probs of the sampled tokens equal the trainer's
@@ -64,10 +65,10 @@ def test_two_ranks_sharing_one_engine_submit_both_shares(rl_policy_dir, tmp_path
 
 
 def _run(model_dir, root, engine, steps, ckpt_path=None):
-    module = RLModule(str(model_dir), engine="vllm", sampling=SamplingArgs(max_tokens=16, temperature=1.0),
+    module = RLModule(str(model_dir), sampling=SamplingArgs(max_tokens=16, temperature=1.0),
                       grpo=GRPOArgs(group_size=4, micro_batch_size=8, epochs=1, mini_batches=2))
     module.attach_engine(engine)
-    data = PromptDataModule(str(model_dir), batch_size=2, num_synthetic=64, **EASY)
+    data = PromptDataModule(ArithmeticTask(num_train=64, **EASY), batch_size=2)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, default_root_dir=str(root), logger=False,
                         enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)

@@ -13,14 +13,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 SHRINK = {
-    "search": ["--problems.num_synthetic", "12"],
+    "search": ["--limit", "12"],
     "model": ["--hidden_size", "64", "--num_attention_heads", "1", "--num_hidden_layers", "2",
               "--intermediate_size", "128"],
     "sft": ["--trainer.max_epochs", "1", "--trainer.max_steps", "3"],
     "rl": ["--trainer.max_steps", "2", "--model.init_args.sampling.max_tokens", "24", "--data.init_args.batch_size",
            "2", "--model.init_args.grpo.group_size", "2", "--model.init_args.grpo.dynamic_sampling", "false"],
 }
-EVAL_SHRINK = ["--synthetic.num_problems", "3", "--num_samples", "2", "--max_tokens", "24", "--pass_at", "[1, 2]",
+EVAL_SHRINK = ["--task.init_args.num_test", "3", "--num_samples", "2", "--max_tokens", "24", "--pass_at", "[1, 2]",
                "--maj_at", "[2]"]
 
 

@@ -13,18 +13,22 @@ import lightning as L
 import pytest
 import torch
 
-from astro_pl.datamodules.problems import evaluate_tokens, parse_arithmetic
 from astro_pl.datamodules.prompts import PromptDataModule
-from astro_pl.modules.models import load_tokenizer
+from astro_pl.loading import load_tokenizer
 from astro_pl.modules.rl import GRPOArgs, RLModule, RolloutFailure
-from astro_pl.rollout.base import Completion, SamplingArgs
+from astro_pl.rollout.base import Completion, EngineArgs, SamplingArgs
+from astro_pl.tasks import ArithmeticTask
+from astro_pl.tasks.arithmetic import evaluate_tokens, parse_arithmetic
 
 
 class ScriptedEngine:
-    """Right answer with probability `p_right` (1 for even answers when `even_always_right`)."""
+    """Right answer with probability `p_right` (1 for even answers when `even_always_right`; every other sample
+    when `alternate`, so every group has mixed rewards)."""
 
-    def __init__(self, tokenizer, p_right=0.5, even_always_right=False, fail_on_call: int | None = None):
+    def __init__(self, tokenizer, p_right=0.5, even_always_right=False, fail_on_call: int | None = None,
+                 alternate=False):
         self.tokenizer, self.p_right, self.even_always_right = tokenizer, p_right, even_always_right
+        self.alternate = alternate
         self.fail_on_call, self.calls, self.loads = fail_on_call, 0, 0
         self.loaded: dict[str, torch.Tensor] = {}
         self.all_equal: list[bool] = []
@@ -40,8 +44,9 @@ class ScriptedEngine:
             gold = evaluate_tokens(parse_arithmetic(expr))
             rng = random.Random((params.seed or 0) + i)
             group, rights = [], []
-            for _ in range(params.n):
+            for j in range(params.n):
                 right = (self.even_always_right and gold % 2 == 0) or rng.random() < self.p_right
+                right = j % 2 == 0 if self.alternate else right
                 rights.append(right)
                 answer = f"Compute it.\n\n\\boxed{{{gold if right else gold + 1}}}"
                 token_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -68,13 +73,13 @@ class ScriptedEngine:
 def make(tiny_model_dir, tmp_path, engine=None, max_steps=2, data_seed=0, precision="32-true", **kwargs):
     grpo = GRPOArgs(**{"group_size": 4, "micro_batch_size": 4, **kwargs.pop("grpo", {})})
     sampling = kwargs.pop("sampling", SamplingArgs(max_tokens=16))
-    module = RLModule(str(tiny_model_dir), engine="hf", grpo=grpo, sampling=sampling,
+    module = RLModule(str(tiny_model_dir), engine=EngineArgs(kind="hf"), grpo=grpo, sampling=sampling,
                       **{"optim": None, **kwargs})
     module.optim = type(module.optim)(lr=1e-3, warmup_ratio=0.0)
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    engine = engine or ScriptedEngine(tokenizer)
+    engine = engine or ScriptedEngine(tokenizer, alternate=True)  # mixed rewards: every step updates the policy
     module.attach_engine(engine)
-    data = PromptDataModule(str(tiny_model_dir), batch_size=2, num_synthetic=64, num_val=4, seed=data_seed)
+    data = PromptDataModule(ArithmeticTask(num_train=64, num_val=4), batch_size=2, seed=data_seed)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=str(tmp_path),
                         logger=False, enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False,
                         precision=precision)
@@ -86,8 +91,6 @@ def test_grpo_args_name_the_flag():
         GRPOArgs(group_size=1)
     with pytest.raises(ValueError, match="--model.grpo.aggregation"):
         GRPOArgs(aggregation="sum")
-    with pytest.raises(ValueError, match="--model.grpo.correct_reward"):
-        GRPOArgs(correct_reward=-1, incorrect_reward=1)
 
 
 def test_two_steps_update_policy_and_sync_each_time(tiny_model_dir, tmp_path):
@@ -235,7 +238,7 @@ def test_activation_checkpointing_gives_the_same_update(tiny_model_dir, tmp_path
 def test_lora_trains_adapters_only_and_the_engine_gets_merged_weights(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from astro_pl.modules.models import LoraArgs
+    from astro_pl.modules.lora import LoraArgs
 
     module, data, trainer, engine = make(tiny_model_dir, tmp_path, max_steps=2,
                                          lora=LoraArgs(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -329,12 +332,17 @@ def test_bf16_mixed_precision_trains_fp32_weights_on_cpu(tiny_model_dir, tmp_pat
 @pytest.mark.parametrize("flag", ["dtype", "compute_dtype"])
 def test_bad_dtype_names_the_flag(tiny_model_dir, flag):
     with pytest.raises(ValueError, match=f"--model.{flag} must be one of auto, float32, bfloat16, float16; got 'bf16'"):
-        RLModule(str(tiny_model_dir), engine="hf", **{flag: "bf16"})
+        RLModule(str(tiny_model_dir), **{flag: "bf16"})
 
 
 def test_sleeping_a_vllm_engine_needs_sleep_mode(tiny_model_dir):
-    with pytest.raises(ValueError, match="--model.sleep_engine true needs --model.engine_args.enable_sleep_mode"):
-        RLModule(str(tiny_model_dir), engine="vllm", sleep_engine=True)
+    with pytest.raises(ValueError, match="--model.sleep_engine true needs --model.engine.enable_sleep_mode"):
+        RLModule(str(tiny_model_dir), sleep_engine=True)
+
+
+def test_nucleus_sampling_is_refused_in_rl(tiny_model_dir):
+    with pytest.raises(ValueError, match="--model.sampling.top_p must be 1 in RL, got 0.9"):
+        RLModule(str(tiny_model_dir), sampling=SamplingArgs(top_p=0.9))
 
 
 def test_skipping_zero_advantage_sequences_gives_the_same_update_with_fewer_passes(tiny_model_dir, tmp_path):
@@ -355,7 +363,7 @@ def test_skipping_zero_advantage_sequences_gives_the_same_update_with_fewer_pass
         rows_run[skip], metrics[skip] = sum(counts), trainer.callback_metrics
     assert any(engine.all_equal) and not all(engine.all_equal)  # some groups are skippable, not all
     assert rows_run[True] < rows_run[False]
-    assert metrics[True]["train/computed_frac"] < 1.0 == metrics[False]["train/computed_frac"]
+    assert metrics[False]["train/computed_frac"] == 1.0  # (the last step's; whether it skipped depends on its draw)
     for name, value in weights[False].items():
         torch.testing.assert_close(weights[True][name], value, rtol=1e-5, atol=1e-7)
 

@@ -125,7 +125,7 @@ def test_a_crash_during_a_checkpoint_save_leaves_last_loadable(tmp_path, tiny_mo
 
 
 def test_full_finetune_export_loads_in_transformers_and_vllm(tmp_path, tiny_model_dir):
-    from astro_pl.datamodules.chat import render_prompt
+    from astro_pl.data.chat import render_prompt
 
     module = SFTModule(model_path=str(tiny_model_dir), optim=OptimArgs(lr=1e-2, warmup_ratio=0.0))
     out = tmp_path / "export"

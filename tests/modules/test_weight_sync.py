@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
-from astro_pl.modules.models import load_causal_lm
+from astro_pl.loading import load_causal_lm
 from astro_pl.modules.weight_sync import hf_named_parameters, layer_of, sync_weights, weight_buckets
 
 
@@ -96,15 +97,18 @@ def _gather_bf16(rank: int, model_dir: str, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_fsdp2_shards_go_out_whole_in_the_engine_dtype(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3"])
+def test_fsdp2_shards_go_out_whole_in_the_engine_dtype(architecture, tiny_model_dir, tiny_qwen_dirs, tmp_path):
     """Two CPU processes with float32 master shards: every weight arrives whole and equal to the full weight cast
-    to bf16 (`_full` casts each shard before gathering, so the gather moves half the bytes)."""
+    to bf16 (`_full` casts each shard before gathering, so the gather moves half the bytes); Qwen2's biases and
+    Qwen3's q/k norms are sharded too."""
     import torch.multiprocessing as mp
 
+    model_dir = {"llama": tiny_model_dir, **tiny_qwen_dirs}[architecture]
     out = tmp_path / "sent.pt"
-    mp.spawn(_gather_bf16, args=(str(tiny_model_dir), str(tmp_path / "store"), str(out)), nprocs=2)
+    mp.spawn(_gather_bf16, args=(str(model_dir), str(tmp_path / "store"), str(out)), nprocs=2)
     sent = torch.load(out)
-    full = load_causal_lm(str(tiny_model_dir), "float32")
+    full = load_causal_lm(str(model_dir), "float32")
     assert sent.keys() == dict(full.named_parameters()).keys()
     for name, param in full.named_parameters():
         assert sent[name].dtype == torch.bfloat16 and torch.equal(sent[name], param.detach().to(torch.bfloat16)), name

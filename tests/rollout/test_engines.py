@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from astro_pl.datamodules.chat import render_prompt
+from astro_pl.data.chat import render_prompt
 from astro_pl.modules.weight_sync import sync_weights
 from astro_pl.rollout import RolloutEngine, SamplingArgs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from astro_pl.datamodules.chat import render_prompt
+from astro_pl.data.chat import render_prompt
 from astro_pl.rollout import EngineArgs, SamplingArgs, build_engine
 from astro_pl.rollout.base import encode_prompts, first_stop
 from astro_pl.rollout.hf import trim_completion

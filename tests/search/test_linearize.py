@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 from hand_trees import make_terminal, sample_tree
 
+from astro_pl.evaluation.backtracks import DEFAULT_BACKTRACK_PHRASES, DEFAULT_REFLECTION_PHRASES
 from astro_pl.rewards.math import extract_final_answer
 from astro_pl.rollout.base import Completion, SamplingArgs
 from astro_pl.search.linearize import (
@@ -18,10 +19,12 @@ from astro_pl.search.linearize import (
     build_traces,
     choose_terminals,
     collect_terminals,
+    group_by_answer,
     merge_paths,
     says_yes,
 )
 from astro_pl.search.tree import SearchTree
+from astro_pl.search.verbalize import Phrases
 
 DOUBT = "I'm not sure if we're solving the problem correctly so far."
 
@@ -80,6 +83,68 @@ def test_choose_terminals_distinct_answers():
     assert sorted(map(str, (n.answer for n in wrong))) == sorted(map(str, distinct))
     with pytest.raises(ValueError, match="correct terminal"):
         choose_terminals([], incorrect, 1, random.Random(0))
+
+
+def fraction_tree() -> SearchTree:
+    """Root with a correct terminal (gold 1) and wrong terminals 1/2, \\frac{1}{2}, 0.5 (one answer), 3, and none."""
+    tree = SearchTree(problem_id="f", problem="Compute 3 - 2.", gold="1")
+    for text, answer, correct in [("So \\boxed{1}", "1", True), ("So \\boxed{1/2}", "1/2", False),
+                                  ("So \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", False),
+                                  ("So \\boxed{3}", "3", False), ("So \\boxed{0.5}", "0.5", False),
+                                  ("I give up", None, False), ("Stop", None, False)]:
+        node = tree.add_child(0, text)
+        make_terminal(tree, node.id, answer, correct)
+    return tree
+
+
+def test_equivalent_wrong_answers_are_one_attempt():
+    tree = fraction_tree()
+    _, incorrect = collect_terminals(tree)
+    groups = group_by_answer(incorrect)
+    # first-appearance order: 1/2 (with \frac{1}{2} and 0.5), 3, answerless
+    assert [[n.id for n in g] for g in groups] == [[2, 3, 5], [4], [6, 7]]
+    strict = group_by_answer(incorrect, checker=lambda a, b: a.strip() == b.strip())
+    assert len(strict) == 5  # the old rule: stripped strings
+    for seed in range(30):
+        _, wrong = choose_terminals(*collect_terminals(tree), 5, random.Random(seed))
+        assert len(wrong) == 3 and len({g for n in wrong for g, group in enumerate(groups) if n in group}) == 3
+    for seed in range(10):  # search traces never visit two equivalent wrong answers
+        for rec in traces_of(tree, seed, min_backtracks=1, max_backtracks=3, num_search=4):
+            wrong = rec["terminal_ids"][:-1]
+            assert len(wrong) == len({next(i for i, g in enumerate(groups) if n in [x.id for x in g]) for n in wrong})
+    # with k fixed at 4 there are only 3 distinct answers: no search trace (min_backtracks 4 not reachable)
+    assert {r["kind"] for r in traces_of(tree, 0, min_backtracks=4, max_backtracks=4)} == {"direct"}
+
+
+def test_build_traces_takes_the_checker():
+    tree = fraction_tree()
+    args = TraceArgs(num_direct=0, num_search=1, min_backtracks=5, max_backtracks=5)
+    assert build_traces(tree, args, random.Random(0)) == []  # 3 distinct answers < 5
+    strict = build_traces(tree, args, random.Random(0), checker=lambda a, b: a == b)
+    assert [r["num_backtracks"] for r in strict] == [5]
+
+
+def configured_phrases() -> list[str]:
+    """Every sentence a trace or the evaluation treats as reflection or backtracking."""
+    phrases = Phrases()
+    return [phrases.question, phrases.doubt, phrases.confirm, phrases.restart, phrases.backtrack.split("{step}")[0],
+            *DEFAULT_BACKTRACK_PHRASES, *DEFAULT_REFLECTION_PHRASES, "Hmm..."]
+
+
+def test_direct_traces_without_self_checks_hold_no_reflection_phrase():
+    for seed in range(10):
+        tree = sample_tree(f"p{seed}")
+        records = traces_of(tree, seed, direct_self_checks=False, num_direct=2, dedupe=False)
+        direct = [r["trace"] for r in records if r["kind"] == "direct"]
+        assert len(direct) == 2
+        for text in direct:
+            assert not [p for p in configured_phrases() if p.lower() in text.lower()], text
+            assert text == ("Compute 3 * 4 = 12.\n\nThen 2 + 12 = 14. \\boxed{14}\n\n"
+                            "Therefore, the final answer is $\\boxed{14}$.")
+        search = [r["trace"] for r in records if r["kind"] == "search"]
+        assert len(search) == 3 and all(Phrases().confirm in t and Phrases().doubt in t for t in search)
+    # default: direct traces keep the positive self-check (the ASTRO arm's direct traces)
+    assert Phrases().confirm in traces_of(sample_tree(), 0)[0]["trace"]
 
 
 def traces_of(tree: SearchTree, seed: int = 0, **kwargs) -> list[dict]:

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from astro_pl.datamodules.problems import synthetic_arithmetic
 from astro_pl.rewards.math import answers_match
 from astro_pl.search.mcts import SearchArgs, merge_duplicate_steps, search_trees
-from astro_pl.search.proposers import ScriptedArithmeticTeacher, Step, TeacherArgs
 from astro_pl.search.puct import astro_value
 from astro_pl.search.tree import SearchTree, append_tree, read_trees
+from astro_pl.tasks.arithmetic import ScriptedArithmeticTeacher, TeacherArgs, synthetic_arithmetic
+from astro_pl.tasks.base import Step
 
 ARGS = SearchArgs(iterations=16, num_children=4, num_rollouts=4, max_depth=50, c_puct=2.0, batch_size=8)
 

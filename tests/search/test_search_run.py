@@ -17,28 +17,29 @@ from pathlib import Path
 
 import pytest
 
-from astro_pl.modules.models import load_tokenizer
+from astro_pl.loading import load_tokenizer
 from astro_pl.search.linearize import TraceArgs, build_traces
-from astro_pl.search.proposers import ArithmeticStepJudge, LLMStepProposer
+from astro_pl.search.proposers import LLMStepProposer
 from astro_pl.search.run import SelfEvalArgs, build_judge, main, read_jsonl, resume
 from astro_pl.search.tree import SearchTree, append_tree, read_trees
+from astro_pl.tasks import ArithmeticTask
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "search" / "synthetic.yaml"
 
 
-TEACHER_JUDGE = ArithmeticStepJudge()
+TASK_JUDGE = build_judge("task", ArithmeticTask(), None, SelfEvalArgs())
 
 
-def expected_traces(trees: list[SearchTree], seed: int, judge=TEACHER_JUDGE) -> list[dict]:
+def expected_traces(trees: list[SearchTree], seed: int, judge=TASK_JUDGE) -> list[dict]:
     """What traces.jsonl must hold: each tree's traces exactly once, in tree order, as the run seeds and judges them
-    (synthetic.yaml has `judge: teacher`)."""
+    (synthetic.yaml has `judge: task`)."""
     return [r for t in trees for r in build_traces(t, TraceArgs(), random.Random(f"{seed}:{t.problem_id}"), judge)]
 
 
 def test_search_writes_trees_traces_and_summary(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["--config", str(CONFIG), "--out_dir", str(out), "--problems.num_synthetic", "12",
+    assert main(["--config", str(CONFIG), "--out_dir", str(out), "--limit", "12",
                  "--search.iterations", "12", "--search.batch_size", "5"]) == 0
     trees = list(read_trees(out / "trees.jsonl"))
     assert sorted(t.problem_id for t in trees) == sorted(f"synthetic-0-{i}" for i in range(12))
@@ -60,7 +61,7 @@ def test_traces_load_with_datasets(tmp_path):
     import datasets
 
     out = tmp_path / "out"
-    main(["--config", str(CONFIG), "--out_dir", str(out), "--problems.num_synthetic", "4"])
+    main(["--config", str(CONFIG), "--out_dir", str(out), "--limit", "4"])
     ds = datasets.load_dataset("json", data_files=str(out / "traces.jsonl"), split="train")
     assert len(ds) == len(read_jsonl(out / "traces.jsonl")) > 0
     assert {"problem", "gold", "trace", "kind", "num_backtracks", "tree_id"} <= set(ds.column_names)
@@ -86,12 +87,16 @@ def test_print_config_and_flag_errors(capsys, tmp_path):
                                                          "--search.num_rollouts", "0")
     assert "--engine.model" in error("--config", str(CONFIG), "--out_dir", unused, "--proposer", "llm",
                                      "--judge", "none")
-    assert main(["--config", str(CONFIG), "--out_dir", unused, "--problems.num_synthetic", "2",
+    assert main(["--config", str(CONFIG), "--out_dir", unused, "--limit", "2",
                  "--search.iterations", "2"]) == 0, "a folder whose run failed before any tree is not claimed"
     capsys.readouterr()
     assert "--judge llm needs --proposer llm" in error("--config", str(CONFIG), "--out_dir", unused, "--judge", "llm")
-    assert "--judge teacher checks synthetic arithmetic steps; problem" in error(
-        "--config", str(CONFIG), "--out_dir", unused, "--problems.source", "math500", "--problems.limit", "2")
+    assert "--proposer task: MathTask has no scripted teacher" in error(
+        "--config", str(CONFIG), "--out_dir", unused, "--task", "astro_pl.tasks.MathTask", "--limit", "2",
+        "--judge", "none")
+    assert "--judge task: MathTask has no soundness judge" in error(
+        "--config", str(CONFIG), "--out_dir", unused, "--task", "astro_pl.tasks.MathTask", "--limit", "2",
+        "--proposer", "llm", "--engine.model", "unused")
     assert "--out_dir is required (or --merge DIR" in error("--search.iterations", "2")  # no config, no out_dir
 
 
@@ -114,7 +119,7 @@ def test_rerun_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "out"
     num = 40
     cmd = [sys.executable, "-m", "astro_pl.cli", "search", "--config", str(CONFIG), "--out_dir", str(out),
-           "--problems.num_synthetic", str(num), "--problems.min_operations", "6", "--problems.max_operations", "8",
+           "--limit", str(num), "--task.init_args.min_operations", "6", "--task.init_args.max_operations", "8",
            "--search.batch_size", "1", "--search.iterations", "48", "--search.num_rollouts", "48"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -143,7 +148,7 @@ def test_rerun_after_sigkill_loses_and_duplicates_nothing(tmp_path):
 
 # ---- shards and merge ---------------------------------------------------------------------------------------
 
-SMALL = ["--config", str(CONFIG), "--problems.num_synthetic", "48", "--search.batch_size", "8"]
+SMALL = ["--config", str(CONFIG), "--limit", "48", "--search.batch_size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +180,7 @@ def shard_error(capsys, argv: list[str]) -> str:
 
 def test_merge_refuses_missing_mixed_and_unfinished_shards(tmp_path, capsys):
     out = tmp_path / "sharded"
-    tiny = ["--config", str(CONFIG), "--problems.num_synthetic", "6", "--search.iterations", "4", "--out_dir", str(out)]
+    tiny = ["--config", str(CONFIG), "--limit", "6", "--search.iterations", "4", "--out_dir", str(out)]
     assert "found none" in shard_error(capsys, ["--merge", str(out)])
     main([*tiny, "--shard", "0/3"])
     main([*tiny, "--shard", "1/3"])
@@ -230,12 +235,12 @@ def test_a_lucky_terminal_alone_yields_no_trace():
     for node, answer in ((lucky, "20"), (wrong, "19")):
         node.terminal, node.answer, node.correct = True, answer, answer == "20"
     assert build_traces(tree, TraceArgs(), random.Random(0))[0]["terminal_ids"][-1] == lucky.id  # without judge
-    assert build_traces(tree, TraceArgs(), random.Random(0), judge=ArithmeticStepJudge()) == []
+    assert build_traces(tree, TraceArgs(), random.Random(0), judge=TASK_JUDGE) == []
 
 
 def test_llm_judge_is_the_search_models_self_evaluation(vllm_engine, tiny_model_dir):
     proposer = LLMStepProposer(vllm_engine, load_tokenizer(str(tiny_model_dir)))
-    judge = build_judge("llm", proposer, SelfEvalArgs(num_samples=2, max_tokens=4, seed=3))
+    judge = build_judge("llm", ArithmeticTask(), proposer, SelfEvalArgs(num_samples=2, max_tokens=4, seed=3))
     assert judge.engine is vllm_engine and (judge.num_samples, judge.max_tokens, judge.seed) == (2, 4, 3)
     assert judge.render("Is it sound?") == "<s><|user|>\nIs it sound?\n<|assistant|>\n"
     tree = SearchTree("p", "Evaluate 2 + 3.", "5")
@@ -247,8 +252,8 @@ def test_llm_judge_is_the_search_models_self_evaluation(vllm_engine, tiny_model_
 def test_llm_proposer_through_the_cli(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     assert main(["--config", str(REPO / "configs" / "search" / "llm_math.yaml"), "--out_dir", str(out),
-                 "--engine_kind", "hf", "--engine.model", str(tiny_model_dir), "--engine.dtype", "float32",
-                 "--problems.source", "synthetic", "--problems.num_synthetic", "2", "--search.iterations", "2",
+                 "--engine.kind", "hf", "--engine.model", str(tiny_model_dir), "--engine.dtype", "float32",
+                 "--task", "astro_pl.tasks.ArithmeticTask", "--limit", "2", "--search.iterations", "2",
                  "--search.num_children", "2", "--search.num_rollouts", "2", "--search.max_depth", "3",
                  "--llm.max_step_tokens", "6", "--llm.max_rollout_tokens", "8", "--llm.few_shot", "[]",
                  "--self_eval.num_samples", "2", "--self_eval.max_tokens", "4"]) == 0
@@ -260,9 +265,12 @@ def test_llm_proposer_through_the_cli(tmp_path, tiny_model_dir):
     assert json.loads((out / "summary.json").read_text())["trees"] == 2
 
 
-def test_synthetic_problem_knobs_reach_the_generator():
-    from astro_pl.search.run import ProblemArgs
-
-    problems = ProblemArgs(num_synthetic=50, min_operations=1, max_operations=1, operators="+", operand_max=3).load()
-    operands = [int(n) for p in problems for n in re.findall(r"\d+", p.problem)]
-    assert len(problems) == 50 and set(operands) <= {1, 2, 3} and all("-" not in p.problem for p in problems)
+def test_task_knobs_reach_the_generator_and_the_folder_settings(tmp_path):
+    out = tmp_path / "out"
+    assert main(["--config", str(CONFIG), "--out_dir", str(out), "--limit", "20", "--search.iterations", "2",
+                 "--task.init_args.min_operations", "1", "--task.init_args.max_operations", "1",
+                 "--task.init_args.operators", "+", "--task.init_args.operand_max", "3"]) == 0
+    trees = list(read_trees(out / "trees.jsonl"))
+    operands = [int(n) for t in trees for n in re.findall(r"\d+", t.problem)]
+    assert len(trees) == 20 and set(operands) <= {1, 2, 3} and all("-" not in t.problem for t in trees)
+    assert json.loads((out / "run.json").read_text())["settings"]["task"]["init_args"]["operand_max"] == 3

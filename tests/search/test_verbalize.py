@@ -6,7 +6,6 @@ import pytest
 from hand_trees import sample_tree
 
 from astro_pl.rewards.math import extract_final_answer
-from astro_pl.rollout.base import Completion
 from astro_pl.search.linearize import Event, merge_paths
 from astro_pl.search.verbalize import (
     Phrases,
@@ -14,7 +13,6 @@ from astro_pl.search.verbalize import (
     join_segments,
     needs_self_check,
     quote_step,
-    rewrite_transitions,
     verbalize,
 )
 
@@ -29,19 +27,19 @@ def test_paper_phrases_in_order():
     tree = sample_tree()
     segments = verbalize(tree, merge_paths(tree, [8, 6, 3]), Phrases(), self_check_q=0.9)
     assert segments == [
-        Segment("Compute 2 + 3 = 5.", "step"),  # Q = 0.1: no self-check
-        Segment("Then 5 * 4 = 20. \\boxed{20}", "step"),
-        Segment(f"{REFLECT} Let's restart our solution from the beginning.", "backtrack"),
-        Segment("Compute 3 * 4 = 12.", "step"),
-        Segment(CONFIRM, "check"),  # Q = 0.95 >= 0.9
-        Segment("Then 2 + 12 = 13.", "step"),
-        Segment("So \\boxed{13}", "step"),
+        Segment("Compute 2 + 3 = 5.", "step", 2),  # Q = 0.1: no self-check
+        Segment("Then 5 * 4 = 20. \\boxed{20}", "step", 8),
+        Segment(f"{REFLECT} Let's restart our solution from the beginning.", "restart"),
+        Segment("Compute 3 * 4 = 12.", "step", 1),
+        Segment(CONFIRM, "check", 1),  # Q = 0.95 >= 0.9
+        Segment("Then 2 + 12 = 13.", "step", 4),
+        Segment("So \\boxed{13}", "step", 6),
         Segment(
             f'{REFLECT} Let\'s go back to where we wrote "Compute 3 * 4 = 12." and try a different step from there.',
-            "backtrack",
+            "backtrack", 1,
         ),
-        Segment("Then 2 + 12 = 14. \\boxed{14}", "step"),
-        Segment(CONFIRM, "check"),  # after the final step
+        Segment("Then 2 + 12 = 14. \\boxed{14}", "step", 3),
+        Segment(CONFIRM, "check", 3),  # after the final step
         Segment("Therefore, the final answer is $\\boxed{14}$.", "conclusion"),
     ]
     text = join_segments(segments)
@@ -93,40 +91,3 @@ def test_trace_must_end_at_correct_terminal():
         verbalize(tree, merge_paths(tree, [3, 6]), Phrases(), 0.9)
     with pytest.raises(ValueError, match="unknown event"):
         verbalize(tree, [Event("jump", 1), Event("step", 3)], Phrases(), 0.9)
-
-
-class ScriptedEngine:
-    """Returns a scripted rewrite per prompt and records the calls (no model needed for this text plumbing)."""
-
-    def __init__(self, reply):
-        self.reply, self.calls = reply, []
-
-    def generate(self, prompts, params):
-        self.calls.append((list(prompts), params))
-        return [[Completion(self.reply(p), [], [], "stop")] for p in prompts]
-
-
-def test_rewrite_transitions_keeps_steps_and_answer():
-    tree = sample_tree()
-    segments = verbalize(tree, merge_paths(tree, [8, 6, 3]), Phrases(), 0.9)
-
-    def reply(prompt):
-        transition = prompt.split("Transition:\n")[1].split("\n\nNext step:")[0]
-        if "restart" in transition:
-            return "  Actually \\boxed{99} is my guess.  "  # would change the answer: rejected
-        if "go back" in transition:
-            return "Hmm, 13 looks off.\n\nLet me return to 3 * 4 = 12."
-        return ""  # empty: rejected
-
-    engine = ScriptedEngine(reply)
-    out = rewrite_transitions(segments, engine, render=lambda t: f"[{t}]")
-    ((prompts, params),) = engine.calls  # one batched call
-    assert len(prompts) == 4 and params.n == 1 and params.temperature == 0.0
-    assert all(p.startswith("[") and p.endswith("]") for p in prompts)
-    assert "Previous step:\nSo \\boxed{13}" in prompts[2]
-    assert [s.kind for s in out] == [s.kind for s in segments]
-    changed = [i for i, (a, b) in enumerate(zip(segments, out, strict=True)) if a != b]
-    assert changed == [7] and out[7].text == "Hmm, 13 looks off.\nLet me return to 3 * 4 = 12."
-    assert extract_final_answer(join_segments(out)) == "14"
-    assert rewrite_transitions(segments[:2], engine, render=str) == segments[:2]  # nothing to rewrite: no call
-    assert len(engine.calls) == 1

@@ -1,28 +1,24 @@
-"""Problem sets: one record type, loaders for the benchmark files, and the built-in synthetic arithmetic set.
+"""Problem records and where they come from: named benchmarks, files and Hugging Face datasets.
 
 Every loader returns `list[Problem]`. Files are JSONL, a JSON array or Parquet, read through a `FieldMap` that
-names which column holds what; `load_benchmark` knows the field maps of the files in `../shared/data`
-(MATH-500, MATH train, AIME 2024, AMC 2023, GSM8K). A bad row raises `ProblemFileError` naming the file, the
-line (row for Parquet and datasets) and the field. Numeric gold answers become canonical strings (AMC's
-`27.0` -> "27"), GSM8K's gold is the text after `####` without thousands commas.
-
-The synthetic arithmetic domain (problem text exactly "Evaluate {expr}.", integers joined by " + ", " - ",
-" * " with normal precedence) is the CPU default for search, SFT and RL; its gold is computed exactly by
-`evaluate_tokens`, never by `eval`.
+names which column holds what. A named benchmark (MATH-500, MATH train, AIME 2024, AMC 2023, GSM8K) loads from an
+offline folder of its files when `ASTRO_DATA_DIR` (or `data_dir`) is set, else from its public Hugging Face dataset.
+A bad row raises `ProblemFileError` naming the file, the line (row for Parquet and datasets) and the field.
+Numeric gold answers become canonical strings (AMC's `27.0` -> "27"), GSM8K's gold is the text after `####`
+without thousands commas. `ProblemSource` is the one problem spec that tasks (and so search, RL and evaluation)
+are configured with.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import astro_pl
 
 
 @dataclass(frozen=True)
@@ -73,48 +69,125 @@ class FieldMap:
 
 MATH_FIELDS = FieldMap(id="unique_id", solution="solution", subject="subject", level="level")
 AIME_FIELDS = FieldMap(id="id", solution="solution")
-AMC_FIELDS = FieldMap(id="id")
+AMC_FIELDS = FieldMap(problem="question", id="id")
 GSM8K_FIELDS = FieldMap(problem="question", answer_marker="####")
 
-# name -> (file in the data folder, field map); the names eval, RL and search configs use.
-BENCHMARKS: dict[str, tuple[str, FieldMap]] = {
-    "math500": ("math500.jsonl", MATH_FIELDS),
-    "math_train": ("math_train.jsonl", MATH_FIELDS),
-    "aime24": ("aime24.jsonl", AIME_FIELDS),
-    "amc23": ("amc23.jsonl", AMC_FIELDS),
-    "gsm8k": ("gsm8k_test.jsonl", GSM8K_FIELDS),
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A named problem set: its file in an offline data folder and the public Hugging Face dataset it comes from.
+
+    One field map serves both: the offline files are copies of the hub datasets' rows.
+    """
+
+    file: str
+    fields: FieldMap
+    hub_id: str
+    hub_split: str
+    hub_config: str | None = None
+
+
+# The names every task config uses.
+BENCHMARKS: dict[str, Benchmark] = {
+    "math500": Benchmark("math500.jsonl", MATH_FIELDS, "HuggingFaceH4/MATH-500", "test"),
+    "math_train": Benchmark("math_train.jsonl", MATH_FIELDS, "zzy1123/MATH_train_test_split", "train"),
+    "aime24": Benchmark("aime24.jsonl", AIME_FIELDS, "HuggingFaceH4/aime_2024", "train"),
+    "amc23": Benchmark("amc23.jsonl", AMC_FIELDS, "math-ai/amc23", "test"),
+    "gsm8k": Benchmark("gsm8k_test.jsonl", GSM8K_FIELDS, "openai/gsm8k", "test", hub_config="main"),
 }
 
 
-def default_data_dir() -> Path:
-    """$ASTRO_DATA_DIR, else the `shared/data` folder beside the repository."""
+def data_dir_from_env() -> Path | None:
+    """$ASTRO_DATA_DIR: an offline folder holding the named benchmarks' files (tests and CI point it at
+    ../shared/data); None when unset, and named benchmarks then come from the Hugging Face hub."""
     env = os.environ.get("ASTRO_DATA_DIR")
-    return Path(env) if env else Path(astro_pl.__file__).resolve().parents[2] / "shared" / "data"
+    return Path(env) if env else None
 
 
-def load_benchmark(name_or_path: str | Path, data_dir: str | Path | None = None, fields: FieldMap | None = None,
-                   limit: int | None = None) -> list[Problem]:
-    """Problems of a named benchmark (`BENCHMARKS`), a file, or a Hugging Face dataset written "hf:NAME[:SPLIT]".
+def load_named(name: str, data_dir: str | Path | None = None) -> list[Problem]:
+    """A named benchmark from `data_dir` (default $ASTRO_DATA_DIR) when one is set, else from the hub (cached by
+    `datasets`); a missing one names itself and both ways to get it."""
+    bench = BENCHMARKS[name]
+    folder = Path(data_dir) if data_dir else data_dir_from_env()
+    if folder is not None:
+        path = folder / bench.file
+        if not path.is_file():
+            raise ProblemFileError(path, None, None, f"benchmark {name!r} is not in this data folder; put "
+                                   f"{bench.file} there, or unset ASTRO_DATA_DIR / data_dir to load "
+                                   f"{bench.hub_id} from the Hugging Face hub")
+        problems = load_problems(path, bench.fields)
+    else:
+        try:
+            problems = load_hf_dataset(bench.hub_id, split=bench.hub_split, fields=bench.fields,
+                                       name=bench.hub_config)
+        except ProblemFileError:
+            raise
+        except Exception as e:  # datasets raises many types for an unreachable hub or a missing dataset
+            raise ProblemFileError(bench.hub_id, None, None, f"benchmark {name!r} could not be loaded from the "
+                                   f"Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); set ASTRO_DATA_DIR (or "
+                                   f"data_dir) to a folder holding {bench.file}, or go online once to cache "
+                                   "it") from None
+    if bench.fields.id is None:  # numbered rows: the same ids whichever copy they came from
+        problems = [dataclasses.replace(p, id=f"{name}-{i}") for i, p in enumerate(problems)]
+    return problems
+
+
+@dataclass
+class ProblemSource:
+    """Where problems come from: the one spec search, RL prompts and evaluation share.
 
     Args:
-        name_or_path: A key of `BENCHMARKS`, a .jsonl/.json/.parquet path, or "hf:NAME[:SPLIT]" (split "test").
-        data_dir: Folder holding the named benchmark files; default `default_data_dir()`.
-        fields: Field map for a path or dataset (default `FieldMap()`); named benchmarks bring their own.
+        source: A named benchmark (math500, math_train, aime24, amc23, gsm8k), a .jsonl/.json/.parquet file, or
+            "hf:NAME[:SPLIT]" (split "test" by default).
+        name: Name in reports; default the benchmark name or the file's stem.
         limit: Keep only the first `limit` problems.
+        fields: Which column holds what, for files and hub datasets (named benchmarks bring their own).
+        data_dir: Offline folder of the named benchmarks' files; default $ASTRO_DATA_DIR, else the hub.
     """
-    name = str(name_or_path)
-    if name in BENCHMARKS:
-        file_name, known = BENCHMARKS[name]
-        problems = load_problems(Path(data_dir or default_data_dir()) / file_name, fields or known)
-    elif name.startswith("hf:"):
-        dataset, _, split = name[3:].partition(":")
-        problems = load_hf_dataset(dataset, split=split or "test", fields=fields or FieldMap())
-    elif Path(name).suffix in READERS:
-        problems = load_problems(name, fields or FieldMap())
-    else:
-        raise ValueError(f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARKS)}, a .jsonl/.json/.parquet "
-                         "file, or hf:NAME[:SPLIT]")
-    return problems[:limit] if limit is not None else problems
+
+    source: str
+    name: str | None = None
+    limit: int | None = None
+    fields: FieldMap | None = None
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit of {self.source!r} must be >= 0, got {self.limit}")
+        named, hub = self.source in BENCHMARKS, self.source.startswith("hf:")
+        if not named and not hub and Path(self.source).suffix not in READERS:
+            raise ValueError(f"unknown problem source {self.source!r}: use one of {', '.join(BENCHMARKS)}, a "
+                             ".jsonl/.json/.parquet file, or hf:NAME[:SPLIT]")
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.source if self.source in BENCHMARKS else Path(self.source.removeprefix("hf:")).stem)
+
+    def load(self) -> list[Problem]:
+        if self.source in BENCHMARKS:
+            problems = load_named(self.source, self.data_dir)
+        elif self.source.startswith("hf:"):
+            dataset, _, split = self.source[3:].partition(":")
+            problems = load_hf_dataset(dataset, split=split or "test", fields=self.fields or FieldMap())
+        else:
+            problems = load_problems(self.source, self.fields or FieldMap())
+        return problems[: self.limit] if self.limit is not None else problems
+
+
+def as_source(spec: str | ProblemSource) -> ProblemSource:
+    """YAML may name a source by its string alone."""
+    return spec if isinstance(spec, ProblemSource) else ProblemSource(spec)
+
+
+def check_unique_ids(problems: list[Problem], where: str) -> None:
+    """Duplicate ids would silently merge problems in resumable outputs; refuse them."""
+    seen, duplicates = set(), []
+    for p in problems:
+        if p.id in seen:
+            duplicates.append(p.id)
+        seen.add(p.id)
+    if duplicates:
+        raise ValueError(f"{where}: duplicate problem ids {duplicates[:5]}")
 
 
 def load_problems(path: str | Path, fields: FieldMap = FieldMap()) -> list[Problem]:
@@ -280,74 +353,3 @@ def _level(value: object, field: str) -> int | None:
         if match:
             return None if match.group(1) == "?" else int(match.group(1))
     raise _FieldError(field, f"expected an integer level, got {value!r}")
-
-
-# ---- synthetic arithmetic ----------------------------------------------------------------------------------
-
-OPERATORS = ("+", "-", "*")
-_ARITHMETIC = re.compile(r"Evaluate (\d+(?: [+*-] \d+)*)\.")
-
-
-def synthetic_arithmetic(num_problems: int, seed: int = 0, min_operations: int = 2, max_operations: int = 3,
-                         operand_min: int = 1, operand_max: int = 9, operators: str = "+-*") -> list[Problem]:
-    """Seeded arithmetic problems "Evaluate 3 + 4 * 2." with exact gold; a larger `num_problems` extends a list.
-
-    Args:
-        num_problems: How many problems.
-        seed: Seed; equal arguments give equal problems. Ids are "synthetic-{seed}-{i}".
-        min_operations: Fewest operators per expression (difficulty).
-        max_operations: Most operators per expression.
-        operand_min: Smallest operand (>= 0: the text has no negative literals).
-        operand_max: Largest operand.
-        operators: Which of "+", "-", "*" may appear (e.g. "+-" keeps every value small, for tiny CPU models).
-    """
-    if num_problems < 0:
-        raise ValueError(f"num_problems must be >= 0, got {num_problems}")
-    if not 1 <= min_operations <= max_operations:
-        raise ValueError(f"need 1 <= min_operations <= max_operations, got {min_operations}, {max_operations}")
-    if not 0 <= operand_min <= operand_max:
-        raise ValueError(f"need 0 <= operand_min <= operand_max, got {operand_min}, {operand_max}")
-    if not operators or any(op not in OPERATORS for op in operators):
-        raise ValueError(f"operators must be a non-empty string of {''.join(OPERATORS)}, got {operators!r}")
-    rng, problems = random.Random(seed), []
-    for i in range(num_problems):
-        num_ops = rng.randint(min_operations, max_operations)
-        tokens: list[int | str] = [rng.randint(operand_min, operand_max)]
-        for _ in range(num_ops):
-            tokens += [rng.choice(operators), rng.randint(operand_min, operand_max)]
-        problems.append(Problem(
-            id=f"synthetic-{seed}-{i}",
-            problem=f"Evaluate {format_tokens(tokens)}.",
-            answer=str(evaluate_tokens(tokens)),
-            subject="arithmetic",
-            level=num_ops,
-        ))
-    return problems
-
-
-def format_tokens(tokens: list[int | str]) -> str:
-    """[3, "+", 4] -> "3 + 4"."""
-    return " ".join(str(t) for t in tokens)
-
-
-def parse_arithmetic(text: str) -> list[int | str] | None:
-    """The tokens of a synthetic problem text ("Evaluate 3 + 4 * 2." -> [3, "+", 4, "*", 2]); None otherwise."""
-    match = _ARITHMETIC.fullmatch(text.strip())
-    if match is None:
-        return None
-    return [tok if tok in OPERATORS else int(tok) for tok in match.group(1).split(" ")]
-
-
-def evaluate_tokens(tokens: list[int | str]) -> int:
-    """Exact value of [a, op, b, op, c, ...] with * before + and -, left to right."""
-    if len(tokens) % 2 == 0 or any(not isinstance(t, int) or isinstance(t, bool) for t in tokens[::2]):
-        raise ValueError(f"expected integers alternating with operators, got {tokens!r}")
-    if any(op not in OPERATORS for op in tokens[1::2]):
-        raise ValueError(f"operators must be among {OPERATORS}, got {tokens[1::2]!r}")
-    total, sign, term = 0, 1, tokens[0]
-    for op, value in zip(tokens[1::2], tokens[2::2], strict=True):
-        if op == "*":
-            term *= value
-        else:
-            total, sign, term = total + sign * term, (1 if op == "+" else -1), value
-    return total + sign * term

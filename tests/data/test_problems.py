@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import operator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from astro_pl.datamodules.problems import (
+from astro_pl.data.problems import (
     BENCHMARKS,
     FieldMap,
     Problem,
     ProblemFileError,
-    default_data_dir,
-    evaluate_tokens,
-    load_benchmark,
+    ProblemSource,
     load_hf_dataset,
     load_problems,
-    parse_arithmetic,
-    synthetic_arithmetic,
 )
 
 ROW_COUNTS = {"math500": 500, "math_train": 12000, "aime24": 30, "amc23": 40, "gsm8k": 1319}
@@ -28,7 +24,7 @@ ROW_COUNTS = {"math500": 500, "math_train": 12000, "aime24": 30, "amc23": 40, "g
 
 @pytest.mark.parametrize("name", sorted(ROW_COUNTS))
 def test_every_benchmark_loads_with_its_row_count(name, shared_data):
-    problems = load_benchmark(name, data_dir=shared_data)
+    problems = ProblemSource(name, data_dir=str(shared_data)).load()
     assert len(problems) == ROW_COUNTS[name]
     assert all(isinstance(p, Problem) and p.problem.strip() for p in problems)
     assert len({p.id for p in problems}) == len(problems) or name == "gsm8k"
@@ -36,40 +32,61 @@ def test_every_benchmark_loads_with_its_row_count(name, shared_data):
 
 def test_registry_covers_every_data_file(shared_data):
     files = {path.name for path in shared_data.glob("*.jsonl")}
-    assert files == {file for file, _ in BENCHMARKS.values()}
+    assert files == {bench.file for bench in BENCHMARKS.values()}
 
 
-def test_default_data_dir_is_shared_data_and_env_overrides(shared_data, monkeypatch, tmp_path):
-    monkeypatch.delenv("ASTRO_DATA_DIR", raising=False)
-    assert default_data_dir().resolve() == shared_data.resolve()
-    assert len(load_benchmark("aime24")) == 30
+def test_data_dir_env_selects_the_offline_folder(shared_data, monkeypatch, tmp_path):
+    monkeypatch.setenv("ASTRO_DATA_DIR", str(shared_data))
+    assert len(ProblemSource("aime24").load()) == 30
     monkeypatch.setenv("ASTRO_DATA_DIR", str(tmp_path))
-    assert default_data_dir() == tmp_path
-    with pytest.raises(ProblemFileError, match="aime24.jsonl"):
-        load_benchmark("aime24")
+    with pytest.raises(ProblemFileError, match=r"aime24\.jsonl.*unset ASTRO_DATA_DIR.*HuggingFaceH4/aime_2024"):
+        ProblemSource("aime24").load()
+
+
+def test_without_a_data_folder_named_benchmarks_come_from_the_hub(monkeypatch):
+    """Offline here, so the hub load fails; the error names the dataset and both ways to get it."""
+    monkeypatch.delenv("ASTRO_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ProblemFileError, match=r"HuggingFaceH4/MATH-500.*'math500'.*ASTRO_DATA_DIR.*math500\.jsonl"):
+        ProblemSource("math500").load()
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_hub_field_maps_read_the_offline_copies(name, shared_data):
+    """The hub datasets' columns are the offline files' columns: each field map, applied through `datasets` to the
+    local copy (as `load_dataset` would read the hub rows), gives the same problems as the file loader."""
+    bench = BENCHMARKS[name]
+    via_datasets = load_hf_dataset("json", split="train", fields=bench.fields, data_files=str(shared_data / bench.file))
+    offline = ProblemSource(name, data_dir=str(shared_data)).load()
+    if bench.fields.id is None:  # numbered by the benchmark's name, whatever copy the rows came from
+        assert offline[0].id == f"{name}-0"
+        via_datasets = [dataclasses.replace(p, id=o.id) for p, o in zip(via_datasets, offline, strict=True)]
+    assert via_datasets[:50] == offline[:50]
+    assert bench.hub_id.count("/") == 1 and bench.hub_split in ("train", "test")
 
 
 def test_math500_fields(shared_data):
-    first = load_benchmark("math500", data_dir=shared_data)[0]
+    first = ProblemSource("math500", data_dir=str(shared_data)).load()[0]
     assert first.id == "test/precalculus/807.json"
     assert first.answer == r"\left( 3, \frac{\pi}{2} \right)"
     assert first.subject == "Precalculus" and first.level == 2 and first.solution.startswith("We have")
 
 
 def test_math_train_unknown_level_and_empty_answer_are_kept(shared_data):
-    problems = {p.id: p for p in load_benchmark("math_train", data_dir=shared_data)}
+    problems = {p.id: p for p in ProblemSource("math_train", data_dir=str(shared_data)).load()}
     assert problems["train/geometry/377.json"].level is None
     assert problems["train/number_theory/7115.json"].answer == ""
 
 
 def test_aime_answers_and_ids(shared_data):
-    problems = load_benchmark("aime24", data_dir=shared_data)
+    problems = ProblemSource("aime24", data_dir=str(shared_data)).load()
     assert problems[0].id == "60" and problems[0].answer == "204" and problems[0].solution
     assert all(p.answer.isdigit() for p in problems)
 
 
 def test_amc_float_answers_become_canonical_strings(shared_data):
-    answers = [p.answer for p in load_benchmark("amc23", data_dir=shared_data)]
+    answers = [p.answer for p in ProblemSource("amc23", data_dir=str(shared_data)).load()]
     assert answers[:4] == ["27", "36", "45", "3159"]
     assert "-1" in answers and not any(a.endswith(".0") for a in answers)
 
@@ -82,7 +99,7 @@ def test_amc_style_fractional_answer_stays(tmp_path):
 
 
 def test_gsm8k_gold_after_marker_without_commas(shared_data):
-    problems = load_benchmark("gsm8k", data_dir=shared_data)
+    problems = ProblemSource("gsm8k", data_dir=str(shared_data)).load()
     assert problems[0].answer == "18" and problems[0].problem.startswith("Janet")
     assert "####" not in problems[0].solution and problems[0].solution.endswith("market.")
     assert all("," not in p.answer and "####" not in p.answer for p in problems)
@@ -112,7 +129,7 @@ def test_field_mapping_jsonl(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n\n")
     assert load_problems(path, MAPPING) == EXPECTED
-    assert load_benchmark(str(path), fields=MAPPING, limit=1) == EXPECTED[:1]
+    assert ProblemSource(str(path), fields=MAPPING, limit=1).load() == EXPECTED[:1]
 
 
 def test_field_mapping_json_array(tmp_path):
@@ -127,21 +144,13 @@ def test_field_mapping_parquet(tmp_path):
     assert load_problems(path, MAPPING) == EXPECTED
 
 
-def test_hf_dataset_json_builder_matches_file_loader(shared_data):
-    from astro_pl.datamodules.problems import AMC_FIELDS
-
-    amc_file = str(shared_data / "amc23.jsonl")
-    via_datasets = load_hf_dataset("json", split="train", fields=AMC_FIELDS, data_files=amc_file)
-    assert via_datasets == load_benchmark("amc23", data_dir=shared_data)
-
-
 def test_hf_dataset_from_local_folder_and_saved_dataset(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist(TABLE_ROWS), folder / "train.parquet")
     problems = load_hf_dataset(str(folder), split="train", fields=MAPPING)
     assert [p.id for p in problems] == ["a", "b"] and problems[0].answer == "4" and problems[0].level == 3
-    assert load_benchmark(f"hf:{folder}:train", fields=MAPPING) == problems
+    assert ProblemSource(f"hf:{folder}:train", fields=MAPPING).load() == problems
     import datasets
 
     datasets.Dataset.from_list(TABLE_ROWS).save_to_disk(str(tmp_path / "saved"))
@@ -177,7 +186,7 @@ def test_gsm8k_row_without_marker_names_field(tmp_path):
     path = tmp_path / "gsm.jsonl"
     path.write_text('{"question": "q", "answer": "no marker here"}\n')
     with pytest.raises(ProblemFileError, match=r"line 1, field 'answer': no '####'"):
-        load_problems(path, BENCHMARKS["gsm8k"][1])
+        load_problems(path, BENCHMARKS["gsm8k"].fields)
 
 
 def test_non_utf8_line_names_file_and_line(tmp_path):
@@ -212,72 +221,9 @@ def test_parquet_missing_field_names_row(tmp_path):
 
 
 def test_unknown_benchmark_and_file_type(tmp_path):
-    with pytest.raises(ValueError, match="unknown benchmark 'math5000'"):
-        load_benchmark("math5000")
+    with pytest.raises(ValueError, match="unknown problem source 'math5000'"):
+        ProblemSource("math5000")
     with pytest.raises(ProblemFileError, match="unsupported file type"):
         load_problems(tmp_path / "x.csv")
     with pytest.raises(ProblemFileError, match="no such file"):
         load_problems(tmp_path / "x.jsonl")
-
-
-# ---- synthetic arithmetic ----
-
-def brute_value(expr: str) -> int:
-    """Independent check: reduce the highest-precedence operator first on a list of numbers and operators."""
-    items = expr.split(" ")
-    for ops in ({"*": operator.mul}, {"+": operator.add, "-": operator.sub}):
-        i = 1
-        while i < len(items):
-            if items[i] in ops:
-                items[i - 1:i + 2] = [str(ops[items[i]](int(items[i - 1]), int(items[i + 1])))]
-            else:
-                i += 2
-    (value,) = items
-    return int(value)
-
-
-def test_synthetic_is_deterministic_and_extends():
-    a = synthetic_arithmetic(50, seed=3)
-    assert a == synthetic_arithmetic(50, seed=3)
-    assert synthetic_arithmetic(80, seed=3)[:50] == a
-    assert a != synthetic_arithmetic(50, seed=4)
-    assert [p.id for p in a[:2]] == ["synthetic-3-0", "synthetic-3-1"]
-
-
-def test_synthetic_gold_is_exact_and_text_matches_convention():
-    problems = synthetic_arithmetic(300, seed=0, min_operations=1, max_operations=5, operand_min=0, operand_max=20)
-    for p in problems:
-        assert p.problem.startswith("Evaluate ") and p.problem.endswith(".")
-        expr = p.problem[len("Evaluate "):-1]
-        assert p.answer == str(brute_value(expr))
-        tokens = parse_arithmetic(p.problem)
-        assert len(tokens) == 2 * p.level + 1 and all(0 <= t <= 20 for t in tokens[::2])
-    assert any(int(p.answer) < 0 for p in problems) and any("*" in p.problem for p in problems)
-
-
-def test_parse_and_evaluate_tokens():
-    assert parse_arithmetic("Evaluate 3 + 4 * 2 - 5.") == [3, "+", 4, "*", 2, "-", 5]
-    assert evaluate_tokens([3, "+", 4, "*", 2, "-", 5]) == 6
-    assert evaluate_tokens([2, "-", 3, "*", 4, "-", 1]) == -11  # 2 - 12 - 1
-    assert evaluate_tokens([7]) == 7
-    for text in ["Evaluate 3 +.", "Compute 3 + 4.", "Evaluate 3 / 4.", "Evaluate (3 + 4).", "Evaluate 3+4."]:
-        assert parse_arithmetic(text) is None
-    with pytest.raises(ValueError):
-        evaluate_tokens([3, "/", 4])
-    with pytest.raises(ValueError):
-        evaluate_tokens([3, "+"])
-
-
-def test_synthetic_argument_checks():
-    with pytest.raises(ValueError, match="min_operations"):
-        synthetic_arithmetic(1, min_operations=3, max_operations=2)
-    with pytest.raises(ValueError, match="operand_min"):
-        synthetic_arithmetic(1, operand_min=-1)
-
-
-def test_synthetic_operators_knob_limits_the_operators():
-    problems = synthetic_arithmetic(200, seed=3, operators="+-")
-    ops = {tok for p in problems for tok in parse_arithmetic(p.problem)[1::2]}
-    assert ops == {"+", "-"}
-    with pytest.raises(ValueError, match="operators"):
-        synthetic_arithmetic(1, operators="/")

@@ -1,7 +1,8 @@
 """Rendering a problem (and optionally its solution) as model text: the one place prompts are formatted.
 
 Search, SFT, RL and evaluation all call `render_prompt`, so a model sees the same prompt format in every stage.
-Tokenizers with a chat template use it (problem = user turn); others get a plain template.
+Tokenizers with a chat template use it (problem = user turn); others get a plain template. Templates with a thinking
+switch (Qwen3's) read `enable_thinking`; the others ignore it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,28 @@ PLAIN_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
+# Qwen3's layout in small, given to the tiny Qwen3: with thinking off the generation prompt already holds an empty
+# think block, so the model answers without reasoning (Qwen3's own template does the same).
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
 
-def render_prompt(tokenizer, problem: str, system_prompt: str | None = None) -> str:
-    """The prompt text for a problem, ending where the model's answer starts."""
+
+def render_prompt(tokenizer, problem: str, system_prompt: str | None = None, enable_thinking: bool = True) -> str:
+    """The prompt text for a problem, ending where the model's answer starts.
+
+    `enable_thinking` goes to the chat template: false asks a Qwen3-style model to answer without a reasoning block.
+    """
     template = getattr(tokenizer, "chat_template", None)
     if template:
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
             {"role": "user", "content": problem}
         ]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             enable_thinking=enable_thinking)
     bos = tokenizer.bos_token or ""
     system = f"{system_prompt}\n" if system_prompt else ""
     return f"{bos}{system}{PLAIN_USER}{problem}{PLAIN_ASSISTANT}"

@@ -1,0 +1,89 @@
+"""The tiny model builders: what sets Qwen2 and Qwen3 apart from Llama is really there, and `astro tiny-model
+--architecture` writes each one loadable by transformers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from astro_pl.cli import main as astro
+from astro_pl.modules.tiny_llama import tiny_config
+
+
+def test_qwen_models_carry_their_architecture(tiny_qwen_dir, tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_qwen_dir))
+    config, names = model.config, dict(model.named_parameters())
+    llama = dict(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).named_parameters())
+    attn = "model.layers.1.self_attn"
+    assert config.model_type == tiny_qwen_dir.name and config.num_hidden_layers == 2 and config.hidden_size == 128
+    # grouped query attention: 2 query heads of 64 share one key/value head
+    assert names[f"{attn}.q_proj.weight"].shape == (128, 128) and names[f"{attn}.k_proj.weight"].shape == (64, 128)
+    qwen2_only = {f"{attn}.{p}_proj.bias" for p in "qkv"}
+    qwen3_only = {f"{attn}.q_norm.weight", f"{attn}.k_norm.weight"}
+    if config.model_type == "qwen2":
+        assert qwen2_only <= names.keys() and not qwen3_only & names.keys()
+    else:
+        assert qwen3_only <= names.keys() and not qwen2_only & names.keys()
+        assert config.head_dim == 64 and names[f"{attn}.q_norm.weight"].shape == (64,)  # per head, not per layer
+    assert not ({f"{attn}.q_proj.bias", f"{attn}.q_norm.weight"} & llama.keys())
+    assert not config.tie_word_embeddings and "lm_head.weight" in names  # as Qwen3-8B: vLLM gets lm_head itself
+
+
+def test_the_tokenizer_transformers_loads_fits_the_embedding(tiny_qwen_dir, tiny_tokenizer_dir):
+    """transformers loads every qwen2 model's tokenizer as its Qwen2Tokenizer (own pre-tokenizer, adds
+    <|endoftext|> when missing); what it loads must tokenize as the trained BPE does, within the vocabulary."""
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import tokenizer_corpus
+
+    loaded = AutoTokenizer.from_pretrained(str(tiny_qwen_dir))
+    saved = PreTrainedTokenizerFast.from_pretrained(str(tiny_qwen_dir))
+    assert len(loaded) == AutoConfig.from_pretrained(str(tiny_qwen_dir)).vocab_size
+    base = PreTrainedTokenizerFast.from_pretrained(str(tiny_tokenizer_dir))
+    for text in tokenizer_corpus(40)[-80:]:  # MATH-500 problems and solutions
+        ids = loaded(text, add_special_tokens=False)["input_ids"]
+        assert ids == saved(text, add_special_tokens=False)["input_ids"] == base(text, add_special_tokens=False)[
+            "input_ids"]
+
+
+def test_tiny_qwen3_tokenizer_ends_turns_with_im_end(tiny_qwen_dir):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_qwen_dir))
+    config = AutoConfig.from_pretrained(str(tiny_qwen_dir))
+    if config.model_type == "qwen2":  # the plain template and EOS of the shared tokenizer
+        assert tokenizer.eos_token == "</s>" and "<|im_start|>" not in tokenizer.get_vocab()
+        return
+    assert tokenizer.eos_token == "<|im_end|>" and config.eos_token_id == tokenizer.eos_token_id
+    assert tokenizer.bos_token is None
+    # the think tags are single, ordinary tokens: they stay in decoded text; the turn markers are special
+    ids = tokenizer("<think>\n\n</think>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens([ids[0], ids[-1]]) == ["<think>", "</think>"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "<think>\n\n</think>"
+    assert tokenizer.decode(tokenizer.convert_tokens_to_ids(["<|im_end|>"]), skip_special_tokens=True) == ""
+
+
+def test_unknown_architecture_names_the_flag():
+    with pytest.raises(ValueError, match="--architecture must be one of llama, qwen2, qwen3, got 'gpt2'"):
+        tiny_config("gpt2", vocab_size=100)
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "qwen3"])
+def test_tiny_model_command_writes_the_architecture(tmp_path, architecture, capsys):
+    texts = tmp_path / "traces.jsonl"
+    texts.write_text("".join(json.dumps({"problem": f"Evaluate {i} + {i}.", "trace": f"\\boxed{{{2 * i}}}"}) + "\n"
+                             for i in range(50)))
+    out = tmp_path / "model"
+    assert astro(["tiny-model", "--texts", str(texts), "--out", str(out), "--architecture", architecture,
+                  "--vocab_size", "300", "--hidden_size", "64", "--num_attention_heads", "1",
+                  "--intermediate_size", "96"]) in (0, None)
+    assert f"tiny {architecture} with" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert model.config.model_type == architecture and model.config.hidden_size == 64
+    assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(str(out)))
+
+
+def test_tiny_model_command_rejects_an_unknown_architecture(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        astro(["tiny-model", "--texts", "x.jsonl", "--out", str(tmp_path / "m"), "--architecture", "gpt2"])
+    assert "architecture" in capsys.readouterr().err
