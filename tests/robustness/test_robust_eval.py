@@ -18,8 +18,9 @@ from cases import REPO, Case, check_case
 
 from astro_pl.runfiles import claim, read_jsonl
 
-BASE = ["eval", "--engine", "hf", "--synthetic", '{"num_problems": 3, "seed": 1}', "--num_samples", "2",
-        "--max_tokens", "8", "--batch_size", "1"]
+BASE = ["eval", "--engine.kind", "hf", "--task", "astro_pl.tasks.ArithmeticTask", "--task.num_test", "3",
+        "--num_samples", "2", "--max_tokens", "8", "--batch_size", "1"]
+MATH = ["eval", "--engine.kind", "hf", "--task", "astro_pl.tasks.MathTask", "--task.test"]
 FINISHED = ["{done}/samples.jsonl", "{done}/summary.json"]
 
 CASES = [
@@ -41,10 +42,10 @@ CASES = [
          message=r"--model /nonexistent/model: no such model folder", kind="traceback"),
     Case("no-tokenizer-files", [*BASE, "--model", "{no_tokenizer}", "--out_dir", "{tmp}/x"],
          message=r"--model {no_tokenizer}: no tokenizer files in the folder", kind="traceback"),
-    Case("empty-benchmark", [*BASE[:3], "--benchmarks", "[{empty}]", "--model", "{model}", "--out_dir", "{tmp}/x"],
-         message=r"no problems to evaluate", kind="silent-wrong"),
-    Case("duplicate-ids", [*BASE[:3], "--benchmarks", "[{dupes}]", "--model", "{model}", "--out_dir", "{tmp}/x"],
-         message=r"--benchmarks .*dupes.jsonl: duplicate problem ids \['a'\]", kind="silent-wrong"),
+    Case("empty-benchmark", [*MATH, "[{empty}]", "--model", "{model}", "--out_dir", "{tmp}/x"],
+         message=r"--task test split: no problems to evaluate", kind="silent-wrong"),
+    Case("duplicate-ids", [*MATH, "[{dupes}]", "--model", "{model}", "--out_dir", "{tmp}/x"],
+         message=r"--task.test 'dupes': duplicate problem ids \['a'\]", kind="silent-wrong"),
     Case("corrupt-checkpoint", [*BASE, "--model", "{model}", "--checkpoint", "{corrupt}", "--out_dir", "{done}"],
          message=r"--checkpoint .*corrupt.ckpt: corrupt or truncated checkpoint", unchanged=FINISHED,
          kind="data-loss"),
@@ -59,7 +60,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
-    from astro_pl.modules.models import LoraArgs, add_lora, load_causal_lm
+    from astro_pl.loading import load_causal_lm
+    from astro_pl.modules.lora import LoraArgs, add_lora
 
     tmp = tmp_path_factory.mktemp("eval")
     paths = {"tmp": tmp, "model": tiny_model_dir, "done": tmp / "done", "shards": tmp / "shards"}
@@ -107,7 +109,7 @@ def test_kill_keeps_the_finished_samples_and_the_rerun_resumes(paths, tmp_path):
     old = {name: (out / name).read_bytes() for name in ("samples.jsonl", "summary.json")}
     argv = [sys.executable, "-m", "astro_pl.cli", *BASE, "--model", str(paths["model"]), "--out_dir", str(out),
             "--max_tokens", "24"]
-    argv[argv.index('{"num_problems": 3, "seed": 1}')] = '{"num_problems": 12, "seed": 1}'
+    argv[argv.index("--task.num_test") + 1] = "12"
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = out / "samples.jsonl.partial"
     deadline = time.time() + 240

@@ -17,15 +17,16 @@ PIPELINE = """
 stages:
   - name: search
     command: [search, --config, "{search_config}", --out_dir, "{{output_dir}}/search", --seed, "{{seed}}",
-              --problems.num_synthetic, "2", --search.iterations, "2"]
+              --limit, "2", --search.iterations, "2"]
 """
 
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("pipeline")
-    search_config = tmp / "search.yaml"
-    shutil.copy(REPO / "configs" / "search" / "synthetic.yaml", search_config)
+    search_config = tmp / "configs" / "search" / "synthetic.yaml"  # beside the task file it names
+    shutil.copytree(REPO / "configs" / "search", search_config.parent)
+    shutil.copytree(REPO / "configs" / "tasks", tmp / "configs" / "tasks")
     (tmp / "pipeline.yaml").write_text(PIPELINE.format(search_config=search_config))
     return {"tmp": tmp, "config": tmp / "pipeline.yaml", "search_config": search_config, "run": tmp / "run"}
 
@@ -43,7 +44,7 @@ def test_reruns(paths, capsys):
     config = paths["search_config"]
     config.write_text(config.read_text() + "\nseed: 3\n")
     check_case(Case("changed-stage-config", RUN, unchanged=KEPT, kind="silent-wrong",
-                    message=r"config file .*search.yaml changed since"), paths, capsys)
+                    message=r"config file .*synthetic.yaml changed since"), paths, capsys)
     check_case(Case("start-from-reruns", [*RUN, "--start_from", "search"], code=0, kind="clean"), paths, capsys)
     assert json.loads((paths["run"] / "summary.json").read_text())["seed"] == 0
 

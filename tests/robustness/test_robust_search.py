@@ -15,7 +15,8 @@ from cases import REPO, Case, check_case, limit_file_size
 from astro_pl.runfiles import claim, read_jsonl
 
 CONFIG = REPO / "configs" / "search" / "synthetic.yaml"
-SMALL = ["search", "--config", str(CONFIG), "--problems.num_synthetic", "3", "--search.iterations", "2"]
+SMALL = ["search", "--config", str(CONFIG), "--limit", "3", "--search.iterations", "2"]
+MATH = ["--task", "astro_pl.tasks.MathTask", "--judge", "none", "--task.train"]
 
 CASES = [
     Case("unknown-flag", [*SMALL, "--out_dir", "{tmp}/a", "--search.num_iterations", "3"],
@@ -24,18 +25,18 @@ CASES = [
          message=r'Parser key "search.iterations": Expected a <class \'int\'>', kind="clean"),
     Case("zero-rollouts", [*SMALL, "--out_dir", "{tmp}/a", "--search.num_rollouts", "0"],
          message=r"--search.num_rollouts must be >= 1, got 0", kind="clean"),
-    Case("limit-zero", [*SMALL, "--out_dir", "{tmp}/a", "--problems.limit", "0"],
-         message=r"--problems.limit must be >= 1, got 0", kind="silent-wrong"),
-    Case("limit-negative", [*SMALL, "--out_dir", "{tmp}/a", "--problems.limit", "-1"],
-         message=r"--problems.limit must be >= 1, got -1", kind="clean"),
-    Case("empty-problems-file", [*SMALL, "--out_dir", "{tmp}/a", "--problems.source", "{empty}", "--judge", "none"],
-         message=r"--problems.source '.*empty.jsonl': no problems to search", kind="silent-wrong"),
-    Case("duplicate-ids", [*SMALL, "--out_dir", "{tmp}/a", "--problems.source", "{dupes}", "--judge", "none"],
+    Case("limit-zero", [*SMALL, "--out_dir", "{tmp}/a", "--limit", "0"],
+         message=r"--task train split: no problems to search", kind="silent-wrong"),
+    Case("limit-negative", [*SMALL, "--out_dir", "{tmp}/a", "--limit", "-1"],
+         message=r"--limit must be >= 0, got -1", kind="clean"),
+    Case("empty-problems-file", [*SMALL, "--out_dir", "{tmp}/a", *MATH, "[{empty}]"],
+         message=r"--task train split: no problems to search", kind="silent-wrong"),
+    Case("duplicate-ids", [*SMALL, "--out_dir", "{tmp}/a", *MATH, "[{dupes}]"],
          message=r"duplicate problem ids \['p1'\]", kind="silent-wrong"),
-    Case("bad-json-line", [*SMALL, "--out_dir", "{tmp}/a", "--problems.source", "{badjson}", "--judge", "none"],
+    Case("bad-json-line", [*SMALL, "--out_dir", "{tmp}/a", *MATH, "[{badjson}]"],
          message=r"badjson.jsonl.*line 2", kind="clean"),
-    Case("huge-problem", [*SMALL, "--out_dir", "{tmp}/a", "--problems.source", "{huge}", "--judge", "none"],
-         message=r"problem 'huge' has 1000007 characters, over --problems.max_chars 20000", kind="hang"),
+    Case("huge-problem", [*SMALL, "--out_dir", "{tmp}/a", *MATH, "[{huge}]"],
+         message=r"problem 'huge' has 1000007 characters, over --max_problem_chars 20000", kind="hang"),
     Case("other-settings", [*SMALL, "--out_dir", "{done}", "--seed", "7"],
          message=r"holds a run with other settings \(settings.seed\)",
          unchanged=["{done}/trees.jsonl", "{done}/traces.jsonl"],

@@ -16,6 +16,7 @@ from astro_pl.evaluation.backtracks import count_backtracks, count_reflections
 from astro_pl.loading import load_tokenizer
 from astro_pl.rewards.math import extract_final_answer
 from astro_pl.rollout.base import Completion
+from astro_pl.runfiles import read_jsonl
 from astro_pl.search.linearize import TraceArgs, build_traces, trace_segments
 from astro_pl.search.rewrite import (
     REWRITTEN_FILE,
@@ -28,7 +29,6 @@ from astro_pl.search.rewrite import (
     rewrite_requests,
 )
 from astro_pl.search.run import main as search_main
-from astro_pl.runfiles import read_jsonl
 from astro_pl.search.verbalize import Phrases, Segment
 
 REPO = Path(__file__).resolve().parents[2]
