@@ -25,6 +25,7 @@ from transformers import (
 
 from astro_pl.data.chat import PLAIN_CHAT_TEMPLATE, QWEN3_CHAT_TEMPLATE
 from astro_pl.errors import UsageError
+from astro_pl.runfiles import read_jsonl
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
 
@@ -163,8 +164,6 @@ def check_tiny_model_args(cfg) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`astro tiny-model`: fit a tokenizer on trace/problem JSONL text fields and write a tiny Llama, Qwen2 or
     Qwen3."""
-    import json
-
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="astro tiny-model", description=main.__doc__, exit_on_error=False)
@@ -186,20 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parser.parse_args(argv)
     check_tiny_model_args(cfg)
 
-    def texts():
-        for path in cfg.texts:
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise UsageError(f"{path}:{lineno}: not JSON ({err.msg})") from err
-                    yield from (str(row[k]) for k in cfg.fields if k in row)
-
     out = Path(cfg.out)
-    corpus = list(texts())
+    corpus = [str(row[k]) for path in cfg.texts for row in read_jsonl(path, missing_ok=False)
+              for k in cfg.fields if k in row]
     if not any(text.strip() for text in corpus):
         raise UsageError(f"--texts {' '.join(cfg.texts)}: no text in the fields {cfg.fields}")
     train_tokenizer(corpus, out / "tokenizer", vocab_size=cfg.vocab_size)

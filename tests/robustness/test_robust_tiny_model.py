@@ -26,7 +26,7 @@ CASES = [
     Case("missing-texts", ["tiny-model", "--texts", "{tmp}/none.jsonl", "--out", "{tmp}/m"],
          message=r"none.jsonl: No such file or directory", kind="traceback"),
     Case("bad-json", ["tiny-model", "--texts", "{badjson}", "--out", "{tmp}/b"],
-         message=r"badjson.jsonl:2: not JSON", kind="traceback"),
+         message=r"badjson.jsonl:2: not a JSON record", kind="traceback"),
 ]
 
 
