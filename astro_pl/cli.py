@@ -6,6 +6,10 @@
     astro fit|validate|test --config configs/<stage>/<name>.yaml   LightningCLI: SFT / RL (astro_pl.training_cli)
     astro eval       --config configs/eval/<name>.yaml      benchmarks and analysis     (astro_pl.evaluation.run)
     astro pipeline   --config configs/quickstart.yaml       search -> SFT -> RL -> eval  (astro_pl.pipeline)
+    astro select-prompts   --config configs/select_prompts/<name>.yaml   RL prompts in a pass-rate band
+                                                                      (astro_pl.evaluation.select_prompts)
+    astro eval-checkpoints --eval_config <eval yaml> --folder <RL run>  accuracy vs backtracks across RL
+                                                                      (astro_pl.evaluation.checkpoints)
 
 A known bad input or a failure the user caused (`astro_pl.errors.user_message`) prints one line
 `astro <command>: error: ...` and exits with code 2; `--debug` (any position) or ASTRO_DEBUG=1 shows the traceback.
@@ -29,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "test": ("astro_pl.training_cli", "main", "test a LightningModule with LightningCLI"),
     "eval": ("astro_pl.evaluation.run", "main", "evaluate a checkpoint on MATH-500 / AMC 2023 / AIME 2024"),
     "pipeline": ("astro_pl.pipeline", "main", "chain search, SFT, RL and evaluation"),
+    "select-prompts": ("astro_pl.evaluation.select_prompts", "main",
+                       "score candidate RL prompts with the policy and keep those in a pass-rate band"),
+    "eval-checkpoints": ("astro_pl.evaluation.checkpoints", "main",
+                         "evaluate RL checkpoints: accuracy, backtracks and length against step, Pearson r"),
 }
 
 LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test"}
@@ -36,7 +44,7 @@ LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test"}
 
 def usage() -> str:
     lines = ["usage: astro <command> [--config FILE] [options] [--debug]", "", "commands:"]
-    lines += [f"  {name:<10} {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<16} {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -84,6 +84,8 @@ def summarize(records: Sequence[dict], settings: dict, match_fn: Callable[[str, 
         scores["mean_length"] = float(length.compute())
         scores["mean_backtracks"] = sum(r["backtracks"] for r in flat) / len(flat)
         scores["mean_reflections"] = sum(r["reflections"] for r in flat) / len(flat)
+        backtracks = sum(r["backtracks"] for r in flat)  # share of them whose go-back target was written before
+        scores["grounded_backtracks"] = sum(r["grounded_backtracks"] for r in flat) / backtracks if backtracks else None
         scores |= _backtrack_analysis([r["backtracks"] for r in flat], [r["correct"] for r in flat], max_backtracks)
         benchmarks[name] = scores
     pooled = _backtrack_analysis([r["backtracks"] for r in ordered], [r["correct"] for r in ordered], max_backtracks)
@@ -98,15 +100,15 @@ def markdown_table(summary: dict) -> str:
     benchmarks = summary["benchmarks"]
     score_keys = list(dict.fromkeys(key for s in benchmarks.values() for key in s if _SCORE_KEY.fullmatch(key)))
     header = ["benchmark", "problems", *score_keys, "pass@1 finished", "truncated", "mean length",
-              "backtracks / response", "Pearson r"]
+              "backtracks / response", "grounded", "Pearson r"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, scores in benchmarks.items():
-        r = scores["pearson_r"]
+        r, grounded = scores["pearson_r"], scores["grounded_backtracks"]
         finished = scores["pass@1_finished"]
         cells = [name, str(scores["num_problems"]), *(f"{100 * scores[key]:.1f}" for key in score_keys),
                  "n/a" if finished is None else f"{100 * finished:.1f}", f"{100 * scores['truncation_rate']:.1f}",
                  f"{scores['mean_length']:.1f}", f"{scores['mean_backtracks']:.2f}",
-                 "n/a" if r is None else f"{r:.2f}"]
+                 "n/a" if grounded is None else f"{100 * grounded:.0f}%", "n/a" if r is None else f"{r:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

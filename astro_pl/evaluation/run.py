@@ -35,8 +35,10 @@ from astro_pl.evaluation.backtracks import (
     DEFAULT_REFLECTION_PHRASES,
     count_backtracks,
     count_reflections,
+    grounded_backtracks,
 )
 from astro_pl.evaluation.report import summarize, write_report
+from astro_pl.options import parse_dataclass
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
 from astro_pl.runfiles import append_jsonl, claim, drop_torn_tail, read_json, read_jsonl, write_json, write_jsonl
 from astro_pl.shards import complete_shards, parse_shard, shard_range
@@ -186,6 +188,7 @@ def score_sample(benchmark: str, index: int, problem: Problem, sample: int, comp
         "correct": answer is not None and args.task.check(answer, problem.answer),
         "backtracks": count_backtracks(completion.text, args.backtrack_phrases),
         "reflections": count_reflections(completion.text, args.reflection_phrases),
+        "grounded_backtracks": grounded_backtracks(completion.text, args.backtrack_phrases)[0],
         "length": len(completion.token_ids),
         "finish_reason": completion.finish_reason,
         "text": completion.text,
@@ -340,18 +343,7 @@ def merge_shards(folder: str | Path) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> EvalArgs:
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
-    parser = ArgumentParser(prog="astro eval", description=__doc__.split("\n\n")[0], exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    # the task as its own subclass group, so a task file named in a config resolves beside that config
-    parser.add_class_arguments(EvalArgs, as_group=False, skip={"task"})
-    parser.add_subclass_arguments(Task, "task", required=False,
-                                  help="The domain (class_path + init_args): its `split` problem sets are evaluated.")
-    config = parser.instantiate(parser.parse_args(argv)).as_dict()
-    config.pop("config", None)
-    return EvalArgs(**config)  # a ValueError names the flag; the `astro` dispatch prints it as one line
+    return parse_dataclass(EvalArgs, "astro eval", __doc__.split("\n\n")[0], argv, {"task": Task})
 
 
 def main(argv: list[str] | None = None) -> int:

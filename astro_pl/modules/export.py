@@ -7,6 +7,7 @@ which are either merged into the base weights (one standalone model; what vLLM s
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -70,23 +71,49 @@ def export_hf(model: nn.Module, tokenizer, out_dir: str | Path, merge_lora: bool
 
 
 class HFExport(L.Callback):
-    """Exports `pl_module.model` and the tokenizer in HF format at the end of `fit`.
+    """Exports `pl_module.model` and the tokenizer in HF format at the end of `fit`, and every N optimiser steps.
 
     The tokenizer is the DataModule's `tokenizer` (what the model was trained on) or else `pl_module.tokenizer`.
+    Each export holds `export.json` with the trainer's `global_step`, which `astro eval-checkpoints` plots against.
 
     Args:
         dirpath: Output directory; default `<trainer.default_root_dir>/hf`, so one `--trainer.default_root_dir`
             override moves a whole run.
         merge_lora: Merge LoRA weights into the base model (true) or save a PEFT adapter (false).
         dtype: Saved dtype: "auto", "float32", "bfloat16" or "float16".
+        every_n_steps: Also export every this many optimiser steps (`trainer.global_step`), beside the final one:
+            `<dirpath>-step<N>/` (`hf-step20/` next to `hf/`), for the analysis across training. An RL batch may
+            take several optimiser steps; the export follows the batch whose steps reach a multiple of N. None: only
+            the final export.
     """
 
-    def __init__(self, dirpath: str | None = None, merge_lora: bool = True, dtype: str = "auto") -> None:
-        self.dirpath, self.merge_lora, self.dtype = dirpath, merge_lora, dtype
+    def __init__(self, dirpath: str | None = None, merge_lora: bool = True, dtype: str = "auto",
+                 every_n_steps: int | None = None) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"HFExport's init_args.every_n_steps must be >= 1 or null, got {every_n_steps}")
+        self.dirpath, self.merge_lora, self.dtype, self.every_n_steps = dirpath, merge_lora, dtype, every_n_steps
+        self._exported_step = 0
+
+    def _dirpath(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath or os.path.join(trainer.default_root_dir, "hf"))
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, out_dir: Path) -> None:
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None) or pl_module.tokenizer
+        export_hf(pl_module.model, tokenizer, out_dir, self.merge_lora, self.dtype, trainer.is_global_zero)
+        if trainer.is_global_zero:
+            (out_dir / "export.json").write_text(json.dumps({"global_step": trainer.global_step}) + "\n")
+        trainer.strategy.barrier()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._exported_step = trainer.global_step  # a resumed run counts on from its checkpoint
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+                           ) -> None:
+        n, step = self.every_n_steps, trainer.global_step
+        if n is not None and step // n > self._exported_step // n:
+            final = self._dirpath(trainer)
+            self._export(trainer, pl_module, final.with_name(f"{final.name}-step{step}"))
+            self._exported_step = step
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tokenizer = getattr(trainer.datamodule, "tokenizer", None) or pl_module.tokenizer
-        dirpath = self.dirpath or os.path.join(trainer.default_root_dir, "hf")
-        export_hf(pl_module.model, tokenizer, dirpath, self.merge_lora, self.dtype,
-                  trainer.is_global_zero)
-        trainer.strategy.barrier()
+        self._export(trainer, pl_module, self._dirpath(trainer))

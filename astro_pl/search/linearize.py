@@ -26,21 +26,13 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from astro_pl.evaluation.metrics import group_answers
 from astro_pl.rewards.math import answers_match
 from astro_pl.rollout.base import RolloutEngine, SamplingArgs
 from astro_pl.search.tree import Node, SearchTree
-from astro_pl.search.verbalize import Phrases, Segment, join_segments, verbalize
-
-
-class Event(NamedTuple):
-    """One move of a linearised trace."""
-
-    kind: str
-    """"step" (visit `node`), "backtrack" (return to the earlier step `node`) or "restart" (return to the root)."""
-    node: int
+from astro_pl.search.verbalize import Event, Phrases, Segment, join_segments, verbalize
 
 
 class SoundnessJudge(Protocol):

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from astro_pl.search.tree import SearchTree
 
-if TYPE_CHECKING:
-    from astro_pl.search.linearize import Event
-
 STEP_DELIMITER = "\n\n"
+
+
+class Event(NamedTuple):
+    """One move of a linearised trace."""
+
+    kind: str
+    """"step" (visit `node`), "backtrack" (return to the earlier step `node`) or "restart" (return to the root)."""
+    node: int
 
 
 @dataclass

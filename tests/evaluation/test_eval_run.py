@@ -27,7 +27,7 @@ from astro_pl.tasks import ArithmeticTask, MathTask
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_KEYS = {"benchmark", "problem_id", "index", "sample", "gold", "answer", "correct", "backtracks", "reflections",
-               "length", "finish_reason", "text"}
+               "grounded_backtracks", "length", "finish_reason", "text"}
 
 
 # two problem sets of one task, each reported by its name
@@ -158,6 +158,7 @@ def test_score_sample_extracts_last_boxed_answer_and_counts_backtracks():
                           Completion(text, [1, 2, 3], [], "stop"), EvalArgs(model="m", task=ArithmeticTask()))
     assert record["answer"] == "5" and record["correct"] is True
     assert record["backtracks"] == 1 and record["reflections"] == 1 and record["length"] == 3
+    assert record["grounded_backtracks"] == 1  # "2 + 3" was written before going back to it
     no_answer = score_sample("synthetic", 3, Problem("p", "q", "5"), 0, Completion("5", [1], [], "stop"),
                              EvalArgs(model="m", task=ArithmeticTask()))
     assert no_answer["answer"] is None and no_answer["correct"] is False

@@ -11,17 +11,17 @@ from astro_pl.evaluation.report import markdown_table, plot_backtracks, summariz
 SETTINGS = {"num_samples": 2, "pass_at": [1, 2], "maj_at": [2], "max_backtracks": 2}
 
 
-def record(benchmark, index, sample, answer, correct, backtracks, length, finish_reason="stop"):
+def record(benchmark, index, sample, answer, correct, backtracks, length, finish_reason="stop", grounded=0):
     return {"benchmark": benchmark, "problem_id": f"p{index}", "index": index, "sample": sample, "answer": answer,
             "correct": correct, "backtracks": backtracks, "reflections": backtracks, "length": length,
-            "finish_reason": finish_reason}
+            "finish_reason": finish_reason, "grounded_backtracks": grounded}
 
 
 RECORDS = [
-    record("math500", 0, 0, "1", True, 1, 10),
+    record("math500", 0, 0, "1", True, 1, 10, grounded=1),
     record("math500", 0, 1, "2", False, 0, 20),
-    record("math500", 1, 0, "5", True, 3, 30),
-    record("math500", 1, 1, "5", True, 2, 40),
+    record("math500", 1, 0, "5", True, 3, 30, grounded=1),
+    record("math500", 1, 1, "5", True, 2, 40, grounded=2),
     record("aime24", 2, 0, None, False, 0, 50, "length"),
     record("aime24", 2, 1, "7", False, 0, 50),
 ]
@@ -36,6 +36,8 @@ def test_summarize_hand_values():
     assert math500["pass@2"] == 1.0
     assert math500["maj@2"] == 0.75  # problem 0: tie "1" (correct) vs "2" -> 0.5; problem 1: "5" x2 -> 1
     assert math500["mean_length"] == 25.0 and math500["mean_backtracks"] == 1.5
+    assert math500["grounded_backtracks"] == pytest.approx(4 / 6)  # (1 + 0 + 1 + 2) of (1 + 0 + 3 + 2)
+    assert aime["grounded_backtracks"] is None  # no backtrack at all: the share is undefined
     # bins 0, 1, 2+ : backtracks 1, 0, 3->2+, 2 -> counts 1, 1, 2
     assert math500["accuracy_by_backtracks"] == {"0": {"accuracy": 0.0, "count": 1}, "1": {"accuracy": 1.0, "count": 1},
                                                  "2+": {"accuracy": 1.0, "count": 2}}
@@ -57,9 +59,9 @@ def test_markdown_table_has_a_row_per_benchmark():
     table = markdown_table(summarize(RECORDS, SETTINGS))
     lines = table.splitlines()
     assert lines[0] == ("| benchmark | problems | pass@1 | pass@2 | maj@2 | pass@1 finished | truncated | mean length "
-                        "| backtracks / response | Pearson r |")
-    assert lines[2].startswith("| math500 | 2 | 75.0 | 100.0 | 75.0 | 75.0 | 0.0 | 25.0 | 1.50 | ")
-    assert lines[3] == "| aime24 | 1 | 0.0 | 0.0 | 0.0 | 0.0 | 50.0 | 50.0 | 0.00 | n/a |"
+                        "| backtracks / response | grounded | Pearson r |")
+    assert lines[2].startswith("| math500 | 2 | 75.0 | 100.0 | 75.0 | 75.0 | 0.0 | 25.0 | 1.50 | 67% | ")
+    assert lines[3] == "| aime24 | 1 | 0.0 | 0.0 | 0.0 | 0.0 | 50.0 | 50.0 | 0.00 | n/a | n/a |"
 
 
 def test_truncated_samples_lower_pass_at_1_not_pass_at_1_finished():
