@@ -200,3 +200,29 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.batch_sampler.epoch, self.batch_sampler.start = state["epoch"], state["batches_seen"]
+
+
+def pack_sequences(sequences: Sequence[torch.Tensor], pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Packs token sequences into as few rows as the longest of them allows (the RL update's packed micro-batch).
+
+    The rows are `pack_best_fit` + `collate_packed`'s, so attention stays inside each sequence as in SFT.
+
+    Args:
+        sequences: 1-D token id tensors.
+        pad_id: Token id of the padding after the last sequence of a row.
+
+    Returns:
+        (`collate_packed`'s batch; its labels are the inputs, unused by RL) and [N, 2] (row, offset) of each
+        sequence's first token in that batch.
+    """
+    lengths = [len(s) for s in sequences]
+    rows = pack_best_fit(lengths, max(lengths))
+    batch = collate_packed([[{"input_ids": sequences[i], "labels": sequences[i]} for i in row] for row in rows],
+                           pad_id)
+    where = torch.zeros(len(sequences), 2, dtype=torch.long)
+    for r, row in enumerate(rows):
+        offset = 0
+        for i in row:
+            where[i] = torch.tensor([r, offset])
+            offset += lengths[i]
+    return batch, where

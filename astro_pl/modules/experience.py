@@ -87,12 +87,6 @@ class Experience(NamedTuple):
         return picked._replace(**{k: trim(k, t) for k, t in picked._asdict().items()})
 
 
-def first_response_column(response_mask: torch.Tensor) -> int:
-    """First shifted position that any row counts: columns before it need no logits. 0 when none counts."""
-    counted = response_mask.any(0).nonzero()
-    return int(counted[0]) if counted.numel() else 0
-
-
 def plan_micro_batches(lengths: torch.Tensor, max_sequences: int, max_tokens: int | None = None,
                        count: int | None = None) -> list[torch.Tensor]:
     """Splits sequences into micro-batches, longest first, so that little of the compute goes to padding.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from astro_pl.modules.advantages import SCALES
-from astro_pl.modules.losses import AGGREGATIONS
+from astro_pl.modules.losses import AGGREGATIONS, KL_ESTIMATORS, RATIO_LEVELS, SEQUENCE_IS_MODES, SEQUENCE_RATIOS
 
 
 @dataclass
@@ -31,8 +31,17 @@ class GRPOArgs:
     """Lower clip range of the ratio."""
     eps_high: float = 0.2
     """Upper clip range of the ratio (DAPO's clip-higher: 0.28)."""
+    ratio_level: Literal["token", "sequence"] = "token"
+    """"token": PPO's per-token ratio (GRPO, DAPO). "sequence": GSPO's length-normalised sequence ratio
+    exp(mean log(pi / pi_old)), clipped per sequence; GSPO uses far narrower clip ranges (e.g. eps_low 3e-4,
+    eps_high 4e-4) and "seq_mean" aggregation."""
     beta: float = 0.0
-    """Weight of the k3 KL to the frozen initial policy; 0 loads no reference model."""
+    """Weight of the KL to the frozen initial policy; 0 loads no reference model."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimate (`astro_pl.modules.losses.kl_estimate`): "k3" (GRPO), "k2" or "k1"."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: the loss minus this times the policy's mean entropy at the response tokens (against entropy
+    collapse on long chains of thought); 0 turns it off."""
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal and draw more prompts (DAPO)."""
     max_extra_draws: int = 4
@@ -40,7 +49,17 @@ class GRPOArgs:
     mask_truncated: bool = False
     """Leave completions cut off at max_tokens out of the loss (DAPO's overlong filtering)."""
     tis_cap: float | None = None
-    """Cap C of truncated importance weights min(pi_trainer / pi_engine, C); None turns the correction off."""
+    """Cap C of truncated importance weights min(pi_trainer / pi_engine, C) per token; None turns it off."""
+    seq_is: Literal["off", "truncate", "mask"] = "off"
+    """Sequence-level correction of the engine/trainer gap (beside or instead of tis_cap): "truncate" weighs each
+    sequence by min(rho, seq_is_high), "mask" leaves out whole sequences whose rho is outside
+    [seq_is_low, seq_is_high] (veRL's rollout rejection, IcePop's band); rho = pi_trainer(y) / pi_engine(y)."""
+    seq_is_ratio: Literal["product", "geometric"] = "geometric"
+    """rho of seq_is: "product" of the token ratios (exact) or their "geometric" mean (length-normalised)."""
+    seq_is_low: float = 0.5
+    """Lower end of the seq_is "mask" band."""
+    seq_is_high: float = 2.0
+    """Cap of seq_is "truncate", upper end of its "mask" band."""
     epochs: int = 1
     """Passes over each rollout batch."""
     mini_batches: int = 1
@@ -50,12 +69,16 @@ class GRPOArgs:
     micro_batch_tokens: int | None = None
     """Most padded tokens per forward/backward (veRL's dynamic batch size): short responses share a pass, long
     ones get fewer companions. None: only micro_batch_size limits."""
+    pack_sequences: bool = False
+    """Pack each micro-batch's sequences into rows (best fit, position ids restarting per sequence) instead of
+    right-padding them, so no padding is computed; same loss. Attention then needs a block-diagonal mask
+    (flash-attention varlen on GPUs; sdpa builds it from the position ids)."""
     skip_zero_advantage: bool = False
     """Leave sequences with advantage 0 (groups whose rewards are all equal) out of the forward/backward: their
     loss and gradient are exactly 0, and the normalisers still count them, so the update is the same at a
     fraction of the compute (with G = 4 and accuracy 0.2, 41% of groups). Useful without dynamic sampling (which
-    drops such groups already). Needs beta = 0 (the KL term has a gradient). The train/ statistics then cover the
-    computed sequences only; see train/computed_frac."""
+    drops such groups already). Needs beta = 0 and entropy_coef = 0 (those terms have a gradient). The train/
+    statistics then cover the computed sequences only; see train/computed_frac."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping; None turns it off."""
 
@@ -68,7 +91,14 @@ class GRPOArgs:
              "--model.grpo.constant_normalizer must be > 0"),
             (0 <= self.eps_low < 1, f"--model.grpo.eps_low must be in [0, 1), got {self.eps_low}"),
             (self.eps_high >= 0, f"--model.grpo.eps_high must be >= 0, got {self.eps_high}"),
+            (self.ratio_level in RATIO_LEVELS, f"--model.grpo.ratio_level must be one of {RATIO_LEVELS}"),
             (self.beta >= 0, f"--model.grpo.beta must be >= 0, got {self.beta}"),
+            (self.kl_estimator in KL_ESTIMATORS, f"--model.grpo.kl_estimator must be one of {KL_ESTIMATORS}"),
+            (self.entropy_coef >= 0, f"--model.grpo.entropy_coef must be >= 0, got {self.entropy_coef}"),
+            (self.seq_is in SEQUENCE_IS_MODES, f"--model.grpo.seq_is must be one of {SEQUENCE_IS_MODES}"),
+            (self.seq_is_ratio in SEQUENCE_RATIOS, f"--model.grpo.seq_is_ratio must be one of {SEQUENCE_RATIOS}"),
+            (0 <= self.seq_is_low < self.seq_is_high,
+             "--model.grpo.seq_is_low must be >= 0 and below --model.grpo.seq_is_high"),
             (self.max_extra_draws >= 0, "--model.grpo.max_extra_draws must be >= 0"),
             (self.tis_cap is None or self.tis_cap > 0, "--model.grpo.tis_cap must be > 0 (or null)"),
             (self.epochs >= 1, "--model.grpo.epochs must be >= 1"),
@@ -78,6 +108,8 @@ class GRPOArgs:
              "--model.grpo.micro_batch_tokens must be >= 1 (or null)"),
             (not (self.skip_zero_advantage and self.beta > 0),
              "--model.grpo.skip_zero_advantage needs --model.grpo.beta 0 (the KL term has a gradient)"),
+            (not (self.skip_zero_advantage and self.entropy_coef > 0),
+             "--model.grpo.skip_zero_advantage needs --model.grpo.entropy_coef 0 (the bonus has a gradient)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -8,8 +8,9 @@ One training step = one rollout batch:
    off at the token limit, is wrong),
 4. group advantages; with dynamic sampling, groups whose rewards are all equal are dropped and more prompts
    are drawn until B groups are kept or `max_extra_draws` is used up,
-5. `epochs` passes over the batch in `mini_batches` optimiser steps each, micro-batched, with the clipped-ratio
-   loss, optional k3 KL to a frozen reference and optional truncated importance weights.
+5. the update (`astro_pl.modules.policy_update`): `epochs` passes over the batch in `mini_batches` optimiser steps
+   each, micro-batched, with the clipped-ratio loss (token or GSPO sequence ratio), an optional KL to a frozen
+   reference, entropy bonus and token- or sequence-level importance correction.
 
 Every rank runs its own engine on its own prompts; groups never span ranks, so advantages are local. Ranks that
 form one tensor-parallel vLLM engine (`external_launcher`: the training ranks are its workers) gather their
@@ -25,42 +26,25 @@ DAPO and Dr. GRPO are config choices. A failed rollout or a non-finite loss writ
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from typing_extensions import override
 
 from astro_pl.data.problems import Problem
 from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
 from astro_pl.loading import resolve_dtype
-from astro_pl.modules.advantages import group_advantages
 from astro_pl.modules.collectives import all_reduce_scalar, ranks_per_engine
-from astro_pl.modules.experience import (
-    Experience,
-    Group,
-    GroupBuffer,
-    first_response_column,
-    pack_experience,
-    plan_micro_batches,
-)
+from astro_pl.modules.experience import Group, GroupBuffer
 from astro_pl.modules.grpo_args import GRPOArgs
-from astro_pl.modules.logprobs import token_logprobs_and_entropy
+from astro_pl.modules.kernels import apply_fused_kernels
 from astro_pl.modules.lora import LoraArgs
-from astro_pl.modules.losses import (
-    aggregate_loss,
-    clipped_ratio_loss,
-    kl_k3,
-    masked_mean,
-    truncated_is_weights,
-)
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
+from astro_pl.modules.policy_update import PolicyForward, UpdateFailure, UpdateScale, build_experience, policy_update
 from astro_pl.modules.rollouts import Rollouts, collect_rollouts, rollout_metrics
 from astro_pl.modules.weight_sync import sync_weights
 from astro_pl.rewards.functions import TaskCorrectness, reward_name
@@ -104,11 +88,12 @@ class RLModule(L.LightningModule):
             released, weights dropped) and refill it at the next sync.
         fsdp: Shard each decoder layer with FSDP2 when run under `ModelParallelStrategy`.
         gradient_checkpointing: Recompute activations in backward (long responses, large models).
+        fused_kernels: Liger's RMSNorm, RoPE and SwiGLU kernels where liger-kernel is installed and the policy is
+            on CUDA; elsewhere the PyTorch path. Log-probs never build full logits either way.
         lora: Train LoRA adapters (peft) instead of all weights; the engine gets the merged weights.
         seed: Seeds sampling and mini-batch shuffling (with the step), so reruns and resumes repeat exactly.
         engine_group_size: Consecutive ranks that share one engine and so submit identical requests; None
             derives it from `engine_args` (`tensor_parallel_size` under vLLM's `external_launcher`, else 1).
-        nan_at_step: Testing aid: make the loss NaN at this rollout step to exercise the failure path.
     """
 
     def __init__(
@@ -128,10 +113,10 @@ class RLModule(L.LightningModule):
         sleep_engine: bool = False,
         fsdp: bool = True,
         gradient_checkpointing: bool = False,
+        fused_kernels: bool = False,
         lora: LoraArgs | None = None,
         seed: int = 0,
         engine_group_size: int | None = None,
-        nan_at_step: int | None = None,
     ):
         super().__init__()
         if sync_bucket_mb <= 0:
@@ -170,8 +155,8 @@ class RLModule(L.LightningModule):
             engine=self.engine_args, sampling=sampling, grpo=grpo, optim=self.optim).items()})
         self.hparams["lora"] = dataclasses.asdict(lora) if lora else None
         self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
-        self.sleep_engine, self.use_fsdp, self.seed, self.nan_at_step = sleep_engine, fsdp, seed, nan_at_step
-        self.gradient_checkpointing = gradient_checkpointing
+        self.sleep_engine, self.use_fsdp, self.seed = sleep_engine, fsdp, seed
+        self.gradient_checkpointing, self.fused_kernels = gradient_checkpointing, fused_kernels
         self.engine_group_size = engine_group_size or ranks_per_engine(self.engine_args)
         if self.engine_group_size < 1:
             raise ValueError(f"--model.engine_group_size must be >= 1, got {engine_group_size}")
@@ -206,6 +191,8 @@ class RLModule(L.LightningModule):
 
         self.tokenizer = load_tokenizer(self.model_path)
         self.model = load_causal_lm(self.model_path, self.dtype_name)
+        if self.fused_kernels:
+            apply_fused_kernels(self.model, self.trainer.strategy.root_device if self._trainer else self.device)
         if self.gradient_checkpointing:
             self.model.config.use_cache = False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -362,144 +349,23 @@ class RLModule(L.LightningModule):
 
     # ---- the update ---------------------------------------------------------------------------------------------
 
-    def _forward_logp(self, model: torch.nn.Module, mb: Experience) -> tuple[torch.Tensor, torch.Tensor]:
-        """[n, L-1] log-probs of each next token and entropies of its distribution (0 before the first response token).
-
-        Logits are computed from the first response position on (`logits_to_keep`): prompt positions are never
-        scored, and for large vocabularies the [n, L, V] logits are much of the memory of a step (hence also the
-        chunked log-softmax of `token_logprobs_and_entropy`).
-
-        No attention mask is passed: rows are right-padded (`pack_experience`), so causal attention alone keeps
-        real tokens from seeing padding, and padded positions are never counted. A padding mask would force SDPA
-        off its causal kernel onto a masked full-square one (a third of the update's GPU time on an H200).
-        """
-        start = first_response_column(mb.response_mask)
-        keep = mb.input_ids.shape[1] - start
-        # nullcontext, not autocast(enabled=False), which would switch off a Trainer's bf16-mixed autocast
-        cast = torch.autocast(self.device.type, dtype=self.compute_dtype) if self._autocast else nullcontext()
-        with cast:
-            logits = model(input_ids=mb.input_ids, logits_to_keep=keep).logits[:, :-1]  # [n, L-1-start, V]
-        temperature = self.sampling.temperature if self.sampling.temperature > 0 else 1.0
-        logp, ent = token_logprobs_and_entropy(logits, mb.input_ids[:, start + 1:], temperature)
-        return F.pad(logp, (start, 0)), F.pad(ent, (start, 0))
-
-    @torch.no_grad()
-    def _score(self, model: torch.nn.Module, exp: Experience, computed: torch.Tensor) -> torch.Tensor:
-        """Log-probs under `model` of the rows marked `computed` (0 elsewhere)."""
-        out = torch.zeros_like(exp.engine_logp)
-        for mb_rows in self._plan(exp, torch.arange(exp.num_sequences), computed):
-            logp, _ = self._forward_logp(model, exp.select(mb_rows))
-            out[mb_rows, : logp.shape[1]] = logp
-        return out
-
-    def _plan(self, exp: Experience, rows: torch.Tensor, computed: torch.Tensor) -> list[torch.Tensor]:
-        """The `computed` ones of `rows` split into length-sorted micro-batches, as many on every rank (FSDP runs
-        them in lockstep), at least one.
-
-        Rows not computed (gradient 0) fill in, shortest first, when this rank has too few rows for the count the
-        other ranks need, or none: the optimiser then sees zero gradients, as it would without skipping.
-        """
-        g = self.grpo
-        lengths = exp.attention_mask.sum(1).cpu()  # planned on the host: one transfer, not one per sequence
-        run, fillers = rows[computed[rows]], rows[~computed[rows]]
-        plan = plan_micro_batches(lengths[run], g.micro_batch_size, g.micro_batch_tokens)
-        count = int(all_reduce_scalar(max(len(plan), 1), "max"))
-        if len(run) < count:
-            shortest = fillers[torch.argsort(lengths[fillers], stable=True)]
-            run = torch.cat([run, shortest[: count - len(run)]])
-        if count != len(plan):
-            plan = plan_micro_batches(lengths[run], g.micro_batch_size, g.micro_batch_tokens, count)
-        return [run[p] for p in plan]
+    def _policy_forward(self, model: torch.nn.Module) -> PolicyForward:
+        return PolicyForward(model, self.sampling.temperature, self.compute_dtype if self._autocast else None,
+                             self.grpo.pack_sequences, self.tokenizer.pad_token_id)
 
     def _update(self, groups: list[Group], step: int) -> dict[str, float]:
-        g = self.grpo
-        rewards = torch.tensor([r for grp in groups for r in grp.rewards])
-        advantages = group_advantages(rewards, g.group_size, g.advantage_scale, g.advantage_eps)
-        exp = pack_experience(groups, advantages, self.tokenizer.pad_token_id, g.mask_truncated)
-        exp = Experience(*[None if t is None else t.to(self.device) for t in exp])
-        self.model.train()
-        computed = torch.ones(exp.num_sequences, dtype=torch.bool)  # the rows that run forward/backward
-        if g.skip_zero_advantage:
-            computed = exp.advantages.cpu() != 0
-        reuse = g.epochs * g.mini_batches > 1
-        if reuse:
-            exp = exp._replace(old_logp=self._score(self.model, exp, computed))
-        if g.beta > 0:
-            exp = exp._replace(ref_logp=self._score(self.reference, exp, computed))
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
-        world = self.trainer.world_size
-        constant = g.constant_normalizer or float(self.sampling.max_tokens)
+        exp = build_experience(groups, self.grpo, self.tokenizer.pad_token_id, self.device)
+        reference = self._policy_forward(self.reference) if self.grpo.beta > 0 else None
+        scale = UpdateScale(self.grpo.constant_normalizer or float(self.sampling.max_tokens), self.trainer.world_size)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "minibatch-order", step))
-        # statistics stay on the device until the end: a .item() per micro-batch would stall the GPU each time
-        stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "clip_low", "clip_high", "kl", "entropy",
-                                                                 "ratio_mean", "ratio_max", "is_weight_mean",
-                                                                 "grad_norm", "engine_logp_gap")}
-        for epoch in range(g.epochs):
-            order = torch.randperm(exp.num_sequences, generator=generator)
-            for index, rows in enumerate(order.chunk(g.mini_batches)):
-                before_update = epoch == 0 and index == 0  # the trainer still holds the sampling policy
-                num_tokens = all_reduce_scalar(float(exp.response_mask[rows].sum()))
-                num_sequences = all_reduce_scalar(float(len(rows)))
-                optimizer.zero_grad(set_to_none=True)
-                total = torch.zeros((), device=self.device)
-                finite = torch.ones((), dtype=torch.bool, device=self.device)
-                for mb_rows in self._plan(exp, rows, computed):
-                    mb = exp.select(mb_rows)
-                    logp, ent = self._forward_logp(self.model, mb)
-                    old = mb.old_logp if mb.old_logp is not None else logp.detach()
-                    weights = truncated_is_weights(old, mb.engine_logp, g.tis_cap) if g.tis_cap else None
-                    out = clipped_ratio_loss(logp, old, mb.advantages, mb.response_mask, g.eps_low, g.eps_high,
-                                             weights)
-                    per_token = out.per_token
-                    if g.beta > 0:
-                        kl = kl_k3(logp, mb.ref_logp) * mb.response_mask
-                        per_token = per_token + g.beta * kl
-                        stats["kl"].append(masked_mean(kl.detach(), mb.response_mask))
-                    loss = aggregate_loss(per_token, mb.response_mask, g.aggregation, constant, num_tokens,
-                                          num_sequences) * world
-                    if self.nan_at_step == step:
-                        loss = loss * float("nan")
-                    finite &= torch.isfinite(loss.detach())
-                    self.manual_backward(loss)
-                    total += loss.detach() / world
-                    m = mb.response_mask.bool()
-                    if before_update:  # engine vs trainer on the same tokens: the off-policy gap of the sampler
-                        gap = (logp.detach() - mb.engine_logp).abs()
-                        stats["engine_logp_gap"].append(masked_mean(gap, m))
-                    stats["clip_low"].append(masked_mean(out.clipped_low.float(), m))
-                    stats["clip_high"].append(masked_mean(out.clipped_high.float(), m))
-                    stats["entropy"].append(masked_mean(ent, m))
-                    stats["ratio_mean"].append(masked_mean(out.ratio, m))
-                    stats["ratio_max"].append(torch.where(m, out.ratio.detach(), 0.0).amax())  # ratios are > 0
-                    if weights is not None:
-                        stats["is_weight_mean"].append(masked_mean(weights, m))
-                # checked before the optimiser step, so a bad loss never reaches the weights (its NaN gradients
-                # are dropped with the rest of this mini-batch's)
-                if all_reduce_scalar(0.0 if finite.item() else 1.0, "max") > 0:
-                    self._fail(f"non-finite loss at step {step} (optimiser step {self.global_step})", None)
-                stats["grad_norm"].append(self._clip_and_step(optimizer, scheduler))
-                stats["loss"].append(total)
-        names = [k for k, v in stats.items() if v]
-        reduce = {"ratio_max": torch.amax}  # the others are means
-        values = torch.stack([reduce.get(k, torch.mean)(torch.stack(stats[k]).float()) for k in names]).tolist()
-        metrics = {f"train/{k}": value for k, value in zip(names, values, strict=True)}  # one sync above
-        metrics["train/ratio_max"] = metrics.get("train/ratio_max") or 1.0  # 1.0 when no token was counted
-        metrics["train/clip_frac"] = metrics.get("train/clip_low", 0.0) + metrics.get("train/clip_high", 0.0)
-        metrics["train/lr"] = scheduler.get_last_lr()[0]
-        metrics["train/computed_frac"] = computed.float().mean().item()
-        return metrics
-
-    def _clip_and_step(self, optimizer, scheduler) -> torch.Tensor:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.grpo.max_grad_norm or math.inf)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        if not torch.isfinite(norm):
-            self._fail(f"non-finite gradient norm at step {self.rollout_step}", None)
-        optimizer.step()
-        scheduler.step()
-        self._version += 1
-        return norm.detach()
+        try:
+            result = policy_update(self._policy_forward(self.model), reference, exp, self.grpo, self.optimizers(),
+                                   self.lr_schedulers(), self.manual_backward, scale, generator)
+        except UpdateFailure as failure:
+            self._version += failure.optimizer_steps
+            self._fail(f"{failure} at step {step} (optimiser step {self.global_step})", None)
+        self._version += result.optimizer_steps
+        return result.metrics
 
     def _fail(self, message: str, cause: BaseException | None) -> None:
         """Writes a checkpoint (weights from before this update's first bad step) and stops with `message`."""

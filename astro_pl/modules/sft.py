@@ -13,27 +13,33 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from astro_pl.datamodules.packing import IGNORE_INDEX
 from astro_pl.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from astro_pl.modules.fsdp import shard_decoder
+from astro_pl.modules.kernels import apply_fused_kernels, liger_linear_cross_entropy_sum
+from astro_pl.modules.lm_head import head_output
+from astro_pl.modules.logprobs import linear_logprobs_and_entropy
 from astro_pl.modules.lora import LoraArgs, add_lora
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy and the number of predicted tokens.
+def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                   bias: torch.Tensor | None = None, liger: bool = False) -> torch.Tensor:
+    """Summed cross-entropy of `labels` under the LM head applied to `hidden`, in chunks (no [M, V] logits).
 
     Args:
-        logits: [B, T, V] model outputs.
-        labels: [B, T] token ids, -100 where no loss is taken; position t is predicted from t - 1.
+        hidden: [M, D] last hidden states (after the final norm) of the predicting positions.
+        weight: [V, D] the LM head's weight; `bias` its optional [V] bias.
+        labels: [M] the token each position predicts.
+        liger: Use Liger's fused linear cross-entropy (CUDA with liger-kernel only).
 
     Returns:
-        (loss summed over tokens, number of tokens) as scalars.
+        The loss summed over the M tokens.
     """
-    targets = labels[:, 1:]  # [B, T-1]
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-    return loss, (targets != -100).sum()
+    if liger:
+        return liger_linear_cross_entropy_sum(hidden, weight, labels, bias)
+    return -linear_logprobs_and_entropy(hidden, weight, labels, bias=bias)[0].sum()
 
 
 class SFTModule(L.LightningModule):
@@ -49,6 +55,8 @@ class SFTModule(L.LightningModule):
         optim: AdamW and warmup + cosine schedule.
         max_grad_norm: Clip the global gradient norm to this; None only measures it.
         reshard_after_forward: FSDP2: free gathered layer weights after forward (saves memory, costs a re-gather).
+        fused_kernels: Liger's kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) where liger-kernel is
+            installed and the model is on CUDA; elsewhere the PyTorch path (which also never builds full logits).
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class SFTModule(L.LightningModule):
         optim: OptimArgs | None = None,
         max_grad_norm: float | None = 1.0,
         reshard_after_forward: bool = True,
+        fused_kernels: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -71,6 +80,7 @@ class SFTModule(L.LightningModule):
         self.attn_implementation, self.gradient_checkpointing = attn_implementation, gradient_checkpointing
         self.lora, self.optim = lora, optim or OptimArgs()
         self.max_grad_norm, self.reshard_after_forward = max_grad_norm, reshard_after_forward
+        self.fused_kernels, self._liger = fused_kernels, False  # _liger: Liger's kernels were applied
         self.model = None
         self._tokenizer = None
         self._step_start = 0.0
@@ -88,6 +98,9 @@ class SFTModule(L.LightningModule):
         model = load_causal_lm(self.model_path, self.dtype_name, self.attn_implementation)
         model.config.use_cache = False
         model.train()  # from_pretrained returns eval mode
+        if self.fused_kernels:
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            self._liger = apply_fused_kernels(model, device)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
@@ -100,14 +113,20 @@ class SFTModule(L.LightningModule):
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed token loss, token count) of this rank's micro-batch."""
         autocast = self.compute_dtype != torch.float32 and self.device_mesh is None
+        targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+
+        def loss_sum(hidden, weight, bias):
+            return token_loss_sum(hidden, weight, targets[rows, cols], bias, self._liger)
+
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
-            logits = self.model(
+            loss = head_output(
+                self.model, loss_sum, rows, cols,
                 input_ids=batch["input_ids"],
                 position_ids=batch["position_ids"],
                 attention_mask=batch.get("attention_mask"),  # None for packed rows: segments come from position ids
-                use_cache=False,
-            ).logits
-        return token_loss_sum(logits, batch["labels"])
+            )
+        return loss, torch.tensor(len(rows), device=targets.device)
 
     def global_sum(self, value: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(value.detach().float(), reduce_op="sum")

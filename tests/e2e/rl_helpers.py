@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,28 @@ def rl_config(tmp_path: Path, model_dir: Path, *, steps: int = 2, engine: str = 
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def with_callback(config_path: Path, callback: dict) -> Path:
+    """A copy of the config at `config_path` (beside it, "-cb" added to its name) with one more trainer callback."""
+    config = yaml.safe_load(config_path.read_text())
+    config["trainer"]["callbacks"].append(callback)
+    path = config_path.with_name(config_path.stem + "-cb.yaml")
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class NaNHiddenAt(L.Callback):
+    """Makes the policy's final hidden states NaN during rollout step `step` (a forward hook on the final norm):
+    that step's loss is not finite, while the weights, and so the failure checkpoint, stay clean."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if pl_module.rollout_step == self.step:
+            norm = pl_module.model.get_decoder().norm
+            norm.register_forward_hook(lambda _module, _inputs, output: output * float("nan"))
 
 
 def run_astro(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

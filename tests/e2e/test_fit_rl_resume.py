@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rl_helpers import rl_config
+from rl_helpers import rl_config, with_callback
 from safetensors.torch import load_file
 
 from astro_pl.modules.rl import RolloutFailure
@@ -21,13 +21,15 @@ def test_crash_then_resume_is_bit_for_bit_with_hf_engine(rl_policy_dir, tmp_path
     whole = rl_config(tmp_path / "whole", rl_policy_dir, **settings)
     main(["fit", "--config", str(whole)])
 
-    # the third rollout's loss is made NaN: the run stops with a checkpoint instead of skipping the batch
-    split = rl_config(tmp_path / "split", rl_policy_dir, model={"nan_at_step": 2}, **settings)
+    # the third rollout's loss is made NaN (a callback poisons the final norm's output): the run stops with a
+    # checkpoint instead of skipping the batch, and the same run without the callback resumes from it
+    split = rl_config(tmp_path / "split", rl_policy_dir, **settings)
+    poisoned = with_callback(split, {"class_path": "rl_helpers.NaNHiddenAt", "init_args": {"step": 2}})
     with pytest.raises(RolloutFailure, match="non-finite loss at step 2") as failure:
-        main(["fit", "--config", str(split)])
+        main(["fit", "--config", str(poisoned)])
     failed = tmp_path / "split" / "run" / "checkpoints" / "failed-step2.ckpt"
     assert failed.is_file() and str(failed) in str(failure.value)
-    main(["fit", "--config", str(split), "--model.init_args.nan_at_step", "null", "--ckpt_path", "last"])
+    main(["fit", "--config", str(split), "--ckpt_path", "last"])
 
     a = load_file(tmp_path / "whole" / "run" / "hf" / "model.safetensors")
     b = load_file(tmp_path / "split" / "run" / "hf" / "model.safetensors")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from astro_pl.modules.experience import Group, first_response_column, pack_experience, plan_micro_batches
+from astro_pl.modules.experience import Group, pack_experience, plan_micro_batches
 from astro_pl.rollout.base import Completion
 
 
@@ -16,8 +16,6 @@ def test_pack_aligns_response_mask_and_engine_logprobs_with_shifted_positions():
     # column t scores token t+1: the response starts at token 3, so at column 2; the truncated row counts nothing
     assert exp.response_mask.tolist() == [[0, 0, 1, 1, 0], [0, 0, 0, 0, 0]]
     assert exp.engine_logp[0].tolist() == [0, 0, -0.5, -0.25, 0]
-    assert first_response_column(exp.response_mask) == 2
-    assert first_response_column(torch.zeros(2, 5)) == 0
 
 
 def test_plan_sorts_longest_first_and_caps_sequences():

@@ -8,8 +8,11 @@ import torch
 from astro_pl.modules.losses import (
     aggregate_loss,
     clipped_ratio_loss,
-    kl_k3,
+    entropy_bonus,
+    kl_estimate,
     masked_mean,
+    sequence_is_weights,
+    sequence_ratio,
     truncated_is_weights,
 )
 
@@ -50,10 +53,67 @@ def test_mask_and_is_weights_apply_per_token():
     torch.testing.assert_close(out.per_token, torch.tensor([[-1.0, 0.0]]))
 
 
-def test_kl_k3_hand_value_and_zero_at_equal():
-    # logp = log .5, ref = log .25: delta = log .5; exp(delta) - delta - 1 = 0.5 + 0.693147 - 1 = 0.193147
-    kl = kl_k3(torch.log(torch.tensor([[0.5, 0.3]])), torch.log(torch.tensor([[0.25, 0.3]])))
-    torch.testing.assert_close(kl, torch.tensor([[0.5 + math.log(2.0) - 1.0, 0.0]]))
+def test_kl_estimators_hand_values_and_zero_at_equal():
+    # logp = log .5, ref = log .25: log r = ref - logp = -log 2
+    # k1 = -log r = log 2; k2 = (log 2)^2 / 2 = 0.240227; k3 = r - 1 - log r = 0.5 - 1 + log 2 = 0.193147
+    logp, ref = torch.log(torch.tensor([[0.5, 0.3]])), torch.log(torch.tensor([[0.25, 0.3]]))
+    log2 = math.log(2.0)
+    for estimator, value in (("k1", log2), ("k2", log2**2 / 2), ("k3", 0.5 + log2 - 1.0)):
+        torch.testing.assert_close(kl_estimate(logp, ref, estimator), torch.tensor([[value, 0.0]]))
+    # the KL's sign flips under k1 only: logp = log .25, ref = log .5 -> k1 = -log 2 < 0, k3 = 2 - 1 - log 2
+    torch.testing.assert_close(kl_estimate(ref, logp, "k1"), torch.tensor([[-log2, 0.0]]))
+    torch.testing.assert_close(kl_estimate(ref, logp, "k3"), torch.tensor([[1.0 - log2, 0.0]]))
+    with pytest.raises(ValueError, match="k1"):
+        kl_estimate(logp, ref, "k4")
+
+
+def test_sequence_ratio_is_the_geometric_mean_with_per_token_gradient():
+    # row 0: log-ratios [log 2, log 8] -> mean log 4 -> s = 4 on both tokens; row 1: [log 3, masked] -> s = 3
+    logp = torch.log(torch.tensor([[2.0, 8.0], [3.0, 5.0]])).requires_grad_()
+    mask = torch.tensor([[1, 1], [1, 0]])
+    s = sequence_ratio(logp, torch.zeros(2, 2), mask)
+    torch.testing.assert_close(s.detach(), torch.tensor([[4.0, 4.0], [3.0, 3.0]]))
+    # mean over row 0's tokens of s: d/dlogp_t = s / 2 = 2 each; row 1 (one token) d/dlogp = 3
+    ((s * mask).sum(1) / mask.sum(1)).sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[2.0, 2.0], [3.0, 0.0]]))
+
+
+def test_gspo_clips_the_whole_sequence_together():
+    # token ratios [1.5, 1.0] -> s = exp((log 1.5 + 0) / 2) = sqrt(1.5) = 1.224745 > 1.2: with A = +1 both tokens
+    # are clipped at 1.2 (token level would clip only the first); with eps_high 0.3 neither is
+    logp = torch.log(torch.tensor([[1.5, 1.0]]))
+    mask = torch.ones(1, 2)
+    seq = clipped_ratio_loss(logp, torch.zeros(1, 2), torch.ones(1), mask, 0.2, 0.2, ratio_level="sequence")
+    torch.testing.assert_close(seq.per_token, torch.tensor([[-1.2, -1.2]]))
+    assert seq.clipped_high.tolist() == [[True, True]]
+    token = clipped_ratio_loss(logp, torch.zeros(1, 2), torch.ones(1), mask, 0.2, 0.2)
+    assert token.clipped_high.tolist() == [[True, False]]
+    wide = clipped_ratio_loss(logp, torch.zeros(1, 2), torch.ones(1), mask, 0.2, 0.3, ratio_level="sequence")
+    torch.testing.assert_close(wide.per_token, torch.full((1, 2), -math.sqrt(1.5)))
+
+
+def test_entropy_bonus_subtracts_the_weighted_entropy():
+    # loss [1, 2], entropies [0.5, 3], coefficient 0.1 -> [0.95, 1.7]; coefficient 0 leaves the loss alone
+    per_token, entropy = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 3.0]])
+    torch.testing.assert_close(entropy_bonus(per_token, entropy, 0.1), torch.tensor([[0.95, 1.7]]))
+    assert entropy_bonus(per_token, entropy, 0.0) is per_token
+
+
+def test_sequence_is_weights_truncate_and_mask_whole_sequences():
+    # token log-ratios trainer - engine: row 0 [log 2, log 2] (product 4, geometric 2), row 1 [log 0.25, masked]
+    # (product = geometric = 0.25), row 2 [0, 0] (1)
+    trainer = torch.log(torch.tensor([[2.0, 2.0], [0.25, 7.0], [1.0, 1.0]]))
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
+    engine = torch.zeros(3, 2)
+    truncated = sequence_is_weights(trainer, engine, mask, "truncate", 0.5, 3.0, "product")
+    torch.testing.assert_close(truncated, torch.tensor([[3.0], [0.25], [1.0]]))  # 4 capped at 3
+    geometric = sequence_is_weights(trainer, engine, mask, "truncate", 0.5, 3.0, "geometric")
+    torch.testing.assert_close(geometric, torch.tensor([[2.0], [0.25], [1.0]]))
+    # band [0.5, 2]: row 0 (geometric 2) stays, row 1 (0.25) is masked whole, row 2 stays; product 4 leaves it
+    masked = sequence_is_weights(trainer, engine, mask, "mask", 0.5, 2.0, "geometric")
+    torch.testing.assert_close(masked, torch.tensor([[1.0], [0.0], [1.0]]))
+    torch.testing.assert_close(sequence_is_weights(trainer, engine, mask, "mask", 0.5, 2.0, "product"),
+                               torch.tensor([[0.0], [0.0], [1.0]]))
 
 
 def test_truncated_is_weights_cap():

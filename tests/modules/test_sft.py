@@ -17,6 +17,7 @@ from astro_pl.datamodules.packing import collate_packed, collate_padded
 from astro_pl.datamodules.traces import TraceDataModule
 from astro_pl.modules.checkpointing import AtomicCheckpoint
 from astro_pl.modules.export import HFExport, export_hf
+from astro_pl.modules.kernels import apply_fused_kernels, liger_usable
 from astro_pl.modules.optim import OptimArgs, warmup_cosine
 from astro_pl.modules.sft import LoraArgs, SFTModule, token_loss_sum
 from tests.datamodules.test_traces import write_traces
@@ -51,10 +52,45 @@ def test_packed_loss_equals_mean_loss_of_examples_run_one_by_one(tiny_model_dir)
 
 
 def test_token_loss_sum_by_hand():
-    # uniform logits over 4 classes: every predicted token costs ln 4; 2 targets (the -100 is skipped)
-    logits = torch.zeros(1, 4, 4)
-    loss, count = token_loss_sum(logits, torch.tensor([[1, 2, -100, 3]]))
-    assert count == 2 and math.isclose(loss.item(), 2 * math.log(4), rel_tol=1e-6)
+    # zero hidden states -> uniform logits over 4 classes: each of the 2 predicted tokens costs ln 4
+    loss = token_loss_sum(torch.zeros(2, 3), torch.randn(4, 3), torch.tensor([1, 3]))
+    assert math.isclose(loss.item(), 2 * math.log(4), rel_tol=1e-6)
+
+
+def test_forward_loss_equals_cross_entropy_of_the_full_logits_with_gradients(tiny_model_dir):
+    batch = collate_padded([{"input_ids": torch.arange(3, 12), "labels": torch.arange(3, 12)},
+                            {"input_ids": torch.arange(20, 25), "labels": torch.tensor([-100, -100, 22, 23, 24])}],
+                           pad_id=0, pad_to_multiple_of=1)
+    module = built(SFTModule(model_path=str(tiny_model_dir)))
+    loss, count = module.forward_loss(batch)
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+    module.model.zero_grad()
+    logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                              reduction="sum")
+    plain.backward()
+    assert count == 8 + 3  # 8 from the first row; the second predicts 22, 23, 24
+    torch.testing.assert_close(loss, plain, rtol=1e-5, atol=1e-5)
+    for name, param in module.model.named_parameters():
+        torch.testing.assert_close(ours[name], param.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_kernels_switch_falls_back_to_pytorch_on_cpu(tmp_path, tiny_model_dir):
+    # liger's Triton kernels need CUDA: on CPU the switch changes nothing, and training runs with the same loss
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    norm_type = type(model.model.norm)
+    assert not liger_usable(torch.device("cpu")) and apply_fused_kernels(model, torch.device("cpu")) is False
+    assert type(model.model.norm) is norm_type
+    heads = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        module = SFTModule(model_path=str(tiny_model_dir), fused_kernels=fused)
+        (tmp_path / str(fused)).mkdir()
+        fit(tmp_path / str(fused), tiny_model_dir, module, HFExport(str(tmp_path / f"out{fused}")), steps=2)
+        assert module._liger is False
+        heads.append(dict(module.model.named_parameters())["lm_head.weight"].detach().clone())
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
 
 
 def test_warmup_cosine_schedule_by_hand():
