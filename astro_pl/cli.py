@@ -11,12 +11,18 @@
     astro eval-checkpoints --eval_config <eval yaml> --folder <RL run>  accuracy vs backtracks across RL
                                                                       (astro_pl.evaluation.checkpoints)
     astro report     RUN_DIR [--out report.html]          one HTML page per run (astro_pl.evaluation.html_report)
+
+A known bad input or a failure the user caused (`astro_pl.errors.user_message`) prints one line
+`astro <command>: error: ...` and exits with code 2; `--debug` (any position) or ASTRO_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from astro_pl.errors import user_message
 
 # subcommand -> (module, function taking argv list, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -39,13 +45,15 @@ LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test"}
 
 
 def usage() -> str:
-    lines = ["usage: astro <command> [--config FILE] [options]", "", "commands:"]
+    lines = ["usage: astro <command> [--config FILE] [options] [--debug]", "", "commands:"]
     lines += [f"  {name:<16} {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int | None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("ASTRO_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in {"-h", "--help"}:
         print(usage())
         return 0
@@ -54,8 +62,15 @@ def main(argv: list[str] | None = None) -> int | None:
         print(f"astro: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, function_name, _ = COMMANDS[command]
-    run = getattr(importlib.import_module(module_name), function_name)
-    return run([command, *rest] if command in LIGHTNING_SUBCOMMANDS else rest)
+    try:
+        run = getattr(importlib.import_module(module_name), function_name)
+        return run([command, *rest] if command in LIGHTNING_SUBCOMMANDS else rest)
+    except Exception as err:
+        message = user_message(err)
+        if debug or message is None:
+            raise
+        print(f"astro {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """`astro pipeline`: chains ordinary `astro` commands (search -> model -> SFT -> RL -> eval) and reports them.
 
 The pipeline owns no training logic: each stage is an `astro <command>` run as a subprocess with its own config,
-so any stage can be rerun by hand with the printed command. A finished stage leaves `<output_dir>/.done/<name>`;
-a rerun skips finished stages (or restarts at `--start_from`), so a killed pipeline resumes where it stopped.
+so any stage can be rerun by hand with the printed command. A finished stage leaves `<output_dir>/.done/<name>`
+holding its exact command (after substitution) and the hash of each config file it names. A rerun skips a stage
+only when that record matches; a stage that finished with another command (a new seed, a changed config) is
+refused naming what differs, unless `--start_from` asks to rerun it. The output folder is locked while a
+pipeline runs in it.
 """
 
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
 import re
@@ -20,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
+
+from astro_pl.errors import UsageError
+from astro_pl.runfiles import claim, read_json, write_json
 
 
 @dataclass
@@ -98,6 +105,35 @@ class StageConsole:
         self.end_line()
 
 
+def stage_record(command: list[str]) -> dict:
+    """What a finished stage ran: its substituted command and a hash of every config file it names."""
+    files = {arg: hashlib.sha256(Path(arg).read_bytes()).hexdigest()[:16] for arg in command
+             if arg.endswith((".yaml", ".yml", ".json")) and Path(arg).is_file()}
+    return {"command": command, "config_files": files}
+
+
+def record_difference(earlier: dict, now: dict) -> str:
+    """The first difference between two stage records, in words."""
+    old, new = earlier.get("command", []), now["command"]
+    for i, (a, b) in enumerate(zip(old, new, strict=False)):
+        if a != b:
+            what = old[i - 1] if i and old[i - 1].startswith("--") else f"argument {i + 1}"
+            return f"{what} was {a!r}, now {b!r}"
+    if len(old) != len(new):
+        return f"the command had {len(old)} arguments, now {len(new)}"
+    changed = sorted(k for k in earlier.get("config_files", {}).keys() | now["config_files"].keys()
+                     if earlier.get("config_files", {}).get(k) != now["config_files"].get(k))
+    return f"config file {', '.join(changed)} changed since" if changed else ""
+
+
+def finished_record(marker: Path) -> dict:
+    """The record a finished stage left ({} for a marker written before records, or a torn one)."""
+    try:
+        return read_json(marker) or {}
+    except ValueError:
+        return {}
+
+
 def run_stage(stage: Stage, values: dict[str, str], log_dir: Path) -> float:
     """Runs one stage: prints its command, one progress line and its results (see `StageConsole`), and writes
     everything it prints to `<log_dir>/<name>.log`; returns seconds. A failed stage shows its last log lines."""
@@ -168,33 +204,44 @@ def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from
     if start_from is not None and start_from not in names:
         raise ValueError(f"--start_from {start_from!r} is not a stage; stages: {', '.join(names)}")
     out = Path(output_dir)
-    done_dir = out / ".done"
-    values = {"output_dir": str(out), "seed": str(seed)}
+    with claim(out, "--output_dir"):
+        return run_stages(stages, out, {"output_dir": str(out), "seed": str(seed)}, seed, start_from)
+
+
+def run_stages(stages: list[Stage], out: Path, values: dict[str, str], seed: int, start_from: str | None) -> dict:
+    done_dir, names = out / ".done", [s.name for s in stages]
     if start_from is not None:
         for name in names[names.index(start_from):]:
             (done_dir / name).unlink(missing_ok=True)
     summary_path = out / "summary.json"
-    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": {}}
+    try:  # a torn summary (killed while writing) only means its stages run again
+        previous = read_json(summary_path, missing_ok=True) or {"stages": {}}
+    except ValueError:
+        previous = {"stages": {}}
     results: dict[str, dict] = {}
     for stage in stages:
         marker = done_dir / stage.name
-        if marker.exists() and stage.name in previous["stages"]:
+        record = stage_record([substitute(a, values) for a in stage.command])
+        if marker.exists() and stage.name in previous.get("stages", {}):
+            difference = record_difference(finished_record(marker), record)
+            if difference:
+                raise UsageError(f"--output_dir {out}: stage {stage.name!r} finished with another command "
+                                 f"({difference}); rerun it with --start_from {stage.name}, or use another "
+                                 "--output_dir")
             print(f"=== stage {stage.name}: done before, skipped", flush=True)
             results[stage.name] = previous["stages"][stage.name]
             continue
         seconds = run_stage(stage, values, out / "logs")
-        record: dict = {"seconds": round(seconds, 1), "artifacts": {k: substitute(v, values) for k, v in
+        result: dict = {"seconds": round(seconds, 1), "artifacts": {k: substitute(v, values) for k, v in
                                                                     stage.artifacts.items()}}
         if stage.summary:
-            record |= read_eval_summary(Path(substitute(stage.summary, values)), stage.benchmark)
-            record["eval_summary"] = substitute(stage.summary, values)  # for `astro report`
-        results[stage.name] = record
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        summary_path.write_text(json.dumps({"seed": seed, "stages": results}, indent=2))
-        done_dir.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+            result |= read_eval_summary(Path(substitute(stage.summary, values)), stage.benchmark)
+            result["eval_summary"] = substitute(stage.summary, values)  # for `astro report`
+        results[stage.name] = result
+        write_json(summary_path, {"seed": seed, "stages": results})
+        write_json(marker, record)
     summary = {"seed": seed, "stages": results}
-    summary_path.write_text(json.dumps(summary, indent=2))
+    write_json(summary_path, summary)
     print("\n" + format_table([{"stage": name, **r} for name, r in results.items()]), flush=True)
     print(f"\nsummary: {summary_path}", flush=True)
     return summary
@@ -233,7 +280,7 @@ def compare_runs(root: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="astro pipeline", description=__doc__)
+    parser = ArgumentParser(prog="astro pipeline", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--output_dir", type=str, default="runs/quickstart", help="Where every stage writes.")
     parser.add_argument("--seed", type=int, default=0, help="Substituted for {seed} in stage commands.")

@@ -8,13 +8,17 @@ Every run also gets `WandbRunId` (the W&B run id goes into each checkpoint, and 
 unless the config names its own, an `AtomicCheckpoint` saving `last` as a crash-safe link and a plain `ModelSummary`
 (logged to stderr, where rich's default prints on stdout, which carries a command's results); and, beside the
 configured loggers, a `MetricsFileLogger` writing `<default_root_dir>/metrics.jsonl` (what `astro report` plots,
-with no W&B server). The DataModule shards batches across ranks itself (resumable), so Lightning's
+with no W&B server). Checkpoints without a `dirpath` go to `<default_root_dir>/checkpoints`, never under the logger's
+run id (a rerun gets a new id, and `--ckpt_path last` would find nothing); `--ckpt_path last` with no checkpoint
+there is an error. The DataModule shards batches across ranks itself (resumable), so Lightning's
 DistributedSampler is off by default. A fit ends by printing the progress-bar metrics of its last step.
 """
 
 from __future__ import annotations
 
+import netrc
 import os
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +30,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
+from astro_pl.errors import UsageError
 from astro_pl.modules.checkpointing import AtomicCheckpoint, WandbRunId, continue_wandb_run, read_run_id
 from astro_pl.modules.metrics_file import MetricsFileLogger
 
@@ -62,6 +67,7 @@ class AstroCLI(LightningCLI):
             callbacks.append(AtomicCheckpoint(save_last="link", every_n_train_steps=100))
         if config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
             callbacks.append(ModelSummary())
+        root = config.get("default_root_dir") or os.getcwd()
         loggers = config.get("logger")
         if isinstance(loggers, Logger) or isinstance(loggers, list) and loggers:  # True/False/None: Lightning's
             loggers = list(loggers) if isinstance(loggers, list) else [loggers]
@@ -69,17 +75,36 @@ class AstroCLI(LightningCLI):
                 if isinstance(logger, WandbLogger):
                     prepare_wandb(logger)
             # after the configured ones: checkpoint folders follow the first logger
-            loggers.append(MetricsFileLogger(config.get("default_root_dir") or os.getcwd(), run=loggers[0]))
+            loggers.append(MetricsFileLogger(root, run=loggers[0]))
             kwargs["logger"] = loggers
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = os.path.realpath(os.path.join(root, "checkpoints"))
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the checkpoint's hyperparameters before anything else: name a corrupt file there."""
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            raise UsageError(f"--ckpt_path {ckpt_path}: corrupt or truncated checkpoint "
+                             f"({str(err).splitlines()[0]})") from err
+
     def before_fit(self) -> None:
+        check_wandb_login(self.trainer.loggers)
         ckpt_path = self._get(self.config_init, "ckpt_path")
         if ckpt_path is None:
             return
+        if ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).exists():
+            raise UsageError(f"--ckpt_path {ckpt_path}: no such checkpoint")
         resolved = self.trainer._checkpoint_connector._parse_ckpt_path(
             TrainerFn.FITTING, ckpt_path, model_provided=True, model_connected=True
         )
+        if ckpt_path == "last" and not resolved:
+            folders = sorted({str(c.dirpath) for c in self.trainer.checkpoint_callbacks if c.dirpath})
+            raise UsageError(f"--ckpt_path last: no checkpoint to resume in {', '.join(folders) or 'any folder'}; "
+                             "drop --ckpt_path to start a new run")
         run_id = read_run_id(resolved) if resolved else None
         for logger in self.trainer.loggers:
             if run_id and isinstance(logger, WandbLogger):
@@ -89,6 +114,21 @@ class AstroCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.is_global_zero and self.trainer.progress_bar_metrics:
             print(format_final_metrics(self.trainer.global_step, self.trainer.progress_bar_metrics), flush=True)
+
+
+def check_wandb_login(loggers: list) -> None:
+    """Fails at once, not after W&B's network retries, when an online W&B logger has no API key."""
+    online = [lg for lg in loggers if isinstance(lg, WandbLogger) and not lg._offline]
+    if not online or os.environ.get("WANDB_MODE", "") in ("offline", "disabled", "dryrun") or \
+            os.environ.get("WANDB_API_KEY"):
+        return
+    try:
+        has_key = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        has_key = False
+    if not has_key:
+        raise UsageError("--trainer.logger: W&B is online but has no API key; run `wandb login`, set WANDB_API_KEY, "
+                         "or log offline (--trainer.logger.init_args.offline true or WANDB_MODE=offline)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,5 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        # flag errors reach the `astro` dispatch as one line
+        parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in ("fit", "validate",
+                                                                                               "test")}},
     )
     return 0

@@ -58,12 +58,13 @@ def test_pipeline_runs_skips_finished_and_restarts(tmp_path, capsys):
     texts.write_text("\n".join(json.dumps({"problem": f"Evaluate {i} + {i}.", "trace": f"\\boxed{{{2 * i}}}"})
                                for i in range(50)) + "\n")
     stage = Stage(name="model", command=["tiny-model", "--texts", str(texts), "--out", "{output_dir}/model",
+                                         "--overwrite", "true",
                                          "--vocab_size", "300", "--hidden_size", "64", "--intermediate_size", "64"],
                   artifacts={"model": "{output_dir}/model"})
     summary = run_pipeline([stage], str(tmp_path / "run"))
     console = capsys.readouterr().out
     stage_part = console.split("\n| stage |")[0]
-    assert stage_part.count("\n") == 3 and "tiny Llama with" in stage_part  # blank, command, result
+    assert stage_part.count("\n") == 3 and "tiny llama with" in stage_part  # blank, command, result
     assert "Loading weights" not in (tmp_path / "run/logs/model.log").read_text()  # library bars off in stages
     assert (tmp_path / "run/model/config.json").exists()
     assert summary["stages"]["model"]["artifacts"]["model"] == str(tmp_path / "run/model")

@@ -308,7 +308,7 @@ def row_to_problem(row: object, fields: FieldMap, default_id: str) -> Problem:
     if fields.solution:
         solution = _optional_str(row, fields.solution)
     return Problem(
-        id=str(_required(row, fields.id)) if fields.id else default_id,
+        id=str(_required(row, fields.id)) if fields.id else str(row.get("id", default_id)),  # a file's own ids
         problem=problem,
         answer=answer,
         solution=solution,

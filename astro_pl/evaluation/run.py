@@ -8,7 +8,12 @@ replaces its weights through the engine's `load_weights`. Problem i of the run (
 order) is sampled with seed `seed + i`, so its samples do not depend on batching or sharding. A shard is a
 contiguous block of problems; it writes `samples.shard-I-of-N.jsonl` and `settings.shard-I-of-N.json`, and
 `--merge` turns a folder of shards into `samples.jsonl`, `summary.json`, `summary.md` and `backtracks.png`,
-the files an unsharded run writes.
+the files an unsharded run writes; it refuses a shard whose samples do not cover its problems.
+
+Crash-safe: samples are appended, a problem's k samples at a time, to `samples*.jsonl.partial` (its settings in
+`samples*.partial.json`), and moved into place only when every problem is done, so a kill, a crash or a bad flag
+never touches the samples of a finished run. A rerun with the same settings resumes after the last whole problem;
+one with other settings is refused until the partial file is removed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from astro_pl.data.problems import Problem
+from astro_pl.data.problems import Problem, check_unique_ids
+from astro_pl.errors import UsageError, check_model_path
 from astro_pl.evaluation.backtracks import (
     DEFAULT_BACKTRACK_PHRASES,
     DEFAULT_REFLECTION_PHRASES,
@@ -34,6 +40,7 @@ from astro_pl.evaluation.backtracks import (
 from astro_pl.evaluation.report import summarize, write_report
 from astro_pl.options import parse_dataclass
 from astro_pl.rollout.base import EngineArgs, RolloutEngine, SamplingArgs
+from astro_pl.runfiles import append_jsonl, claim, drop_torn_tail, read_json, read_jsonl, write_json, write_jsonl
 from astro_pl.shards import complete_shards, parse_shard, shard_range
 from astro_pl.tasks.base import Task, describe_task
 
@@ -99,10 +106,16 @@ class EvalArgs:
             raise ValueError("--model is required (a Hugging Face model folder or hub name)")
         if self.task is None:
             raise ValueError("--task is required (e.g. --task astro_pl.tasks.MathTask)")
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--limit must be >= 0, got {self.limit}")
         if self.num_samples < 1:
             raise ValueError(f"--num_samples must be >= 1, got {self.num_samples}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be >= 1, got {self.limit}")
+        if self.temperature < 0:
+            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise UsageError(f"--max_tokens must be >= 1, got {self.max_tokens}")
         for flag, values in (("pass_at", self.pass_at), ("maj_at", self.maj_at)):
             if any(not 1 <= k <= self.num_samples for k in values):
                 raise ValueError(f"--{flag} values must be in [1, num_samples={self.num_samples}], got {values}")
@@ -113,9 +126,14 @@ class EvalArgs:
 
 
 def load_eval_problems(args: EvalArgs) -> list[tuple[str, Problem]]:
-    """(problem set name, problem) for every set of the task's split in order."""
-    return [(name, p) for name, problems in args.task.problems(args.split).items()
-            for p in problems[: args.limit]]
+    """(problem set name, problem) for every set of the task's split in order; refuses an empty run and ids
+    repeated within a set (they would merge problems in resumable outputs)."""
+    items = [(name, p) for name, problems in args.task.problems(args.split).items() for p in problems[: args.limit]]
+    for name in dict.fromkeys(name for name, _ in items):
+        check_unique_ids([p for n, p in items if n == name], f"--task problem set {name}")
+    if not items:
+        raise UsageError(f"--task {args.split} split: no problems to evaluate")
+    return items
 
 
 def checkpoint_weights(path: str | Path, model: str) -> dict[str, torch.Tensor]:
@@ -127,10 +145,16 @@ def checkpoint_weights(path: str | Path, model: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is a sharded checkpoint folder; consolidate it first: "
                          f"python -m lightning.fabric.utilities.consolidate_checkpoint {path}")
     # Lightning checkpoints pickle hyperparameters next to the tensors: load only checkpoints you trust.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise UsageError(f"--checkpoint {path}: corrupt or truncated checkpoint ({str(err).splitlines()[0]})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     state = checkpoint["state_dict"]
+    if any("lora_" in name for name in state):
+        raise UsageError(f"--checkpoint {path}: holds LoRA adapters, not full weights; evaluate the merged Hugging "
+                         "Face export instead (--model <default_root_dir>/hf, written by HFExport)")
     if any(name.startswith("model.") for name in state):
         state = {name.removeprefix("model."): t for name, t in state.items() if name.startswith("model.")}
     with torch.device("meta"):
@@ -175,8 +199,7 @@ def generate_records(engine: RolloutEngine, tokenizer, items: list[tuple[int, st
                      ) -> Iterator[dict]:
     """Samples and scores `items` (global index, benchmark, problem) in batches, with a progress bar."""
     with tqdm(total=len(items), desc="eval", unit="problem") as progress:
-        for start in range(0, len(items), args.batch_size):
-            batch = items[start:start + args.batch_size]
+        for batch in consecutive_batches(items, args.batch_size):
             # Consecutive global indices, so prompt j of the call gets seed + its global index.
             params = SamplingArgs(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                                   max_tokens=args.max_tokens, seed=args.seed + batch[0][0], logprobs=False)
@@ -187,25 +210,58 @@ def generate_records(engine: RolloutEngine, tokenizer, items: list[tuple[int, st
             progress.update(len(batch))
 
 
+def consecutive_batches(items: list[tuple[int, str, Problem]], size: int) -> Iterator[list]:
+    """Batches of at most `size` items whose global indices are consecutive (a resumed run has gaps)."""
+    batch: list = []
+    for item in items:
+        if batch and (len(batch) == size or item[0] != batch[-1][0] + 1):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
 def scored_settings(args: EvalArgs) -> dict:
     settings = {key: getattr(args, key) for key in SCORED_SETTINGS}
     return {**settings, "task": describe_task(args.task)}
 
 
-def write_jsonl(path: Path, records: Iterable[dict]) -> list[dict]:
-    """Writes records as they come (a long run keeps what it finished) and returns them."""
-    kept = []
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            kept.append(record)
+def resume_samples(partial: Path, settings_path: Path, settings: dict, num_samples: int) -> list[dict]:
+    """The samples of a killed run with these settings, cut to its whole problems (a rerun resumes after them)."""
+    if not partial.exists():
+        return []
+    earlier = read_json(settings_path, missing_ok=True)
+    settings = json.loads(json.dumps(settings))  # as the file holds them (tuples become lists)
+    if earlier is not None and earlier != settings:
+        changed = sorted(k for k in settings if earlier.get(k) != settings[k])
+        raise UsageError(f"{partial}: a partial run with other settings ({', '.join(changed) or 'unknown'}); rerun "
+                         "with the same settings to resume, or delete the file to start over")
+    drop_torn_tail(partial)
+    records = read_jsonl(partial)
+    samples: dict[int, set[int]] = {}
+    for record in records:
+        samples.setdefault(record["index"], set()).add(record["sample"])
+    whole = {index for index, got in samples.items() if got == set(range(num_samples))}
+    kept = [r for r in records if r["index"] in whole]
+    if len(kept) != len(records):
+        write_jsonl(partial, kept)
     return kept
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def write_samples(records: Iterable[dict], path: Path, partial: Path, num_samples: int) -> list[dict]:
+    """Appends each problem's samples as they complete, then moves the whole set into place at `path`."""
+    pending: list[dict] = []
+    for record in records:
+        pending.append(record)
+        if record["sample"] == num_samples - 1:
+            append_jsonl(partial, pending)
+            pending = []
+    partial.touch()  # a run whose problems were all done before
+    kept = sorted(read_jsonl(partial), key=lambda r: (r["index"], r["sample"]))
+    write_jsonl(path, kept)
+    partial.unlink()
+    return kept
 
 
 def finish(records: list[dict], settings: dict, out_dir: Path) -> dict:
@@ -217,26 +273,46 @@ def finish(records: list[dict], settings: dict, out_dir: Path) -> dict:
 
 def evaluate(args: EvalArgs, engine: RolloutEngine | None = None, tokenizer=None) -> dict | None:
     """Runs the evaluation; returns the summary (None for a shard). An `engine` passed in is used and kept open."""
+    out_dir = Path(args.out_dir)
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    suffix = f".shard-{shard[0]}-of-{shard[1]}" if args.shard else ""
+    with claim(out_dir, part=suffix):
+        return evaluate_into(args, out_dir, shard, suffix, engine, tokenizer)
+
+
+def evaluate_into(args: EvalArgs, out_dir: Path, shard: tuple[int, int], suffix: str,
+                  engine: RolloutEngine | None, tokenizer) -> dict | None:
     from astro_pl.loading import load_tokenizer
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     problems = load_eval_problems(args)
-    shard = parse_shard(args.shard) if args.shard else (0, 1)
-    items = [(i, *problems[i]) for i in shard_range(len(problems), *shard)]
+    block = shard_range(len(problems), *shard)
+    settings = scored_settings(args)
+    partial, partial_settings = out_dir / f"samples{suffix}.jsonl.partial", out_dir / f"samples{suffix}.partial.json"
+    done = resume_samples(partial, partial_settings, settings, args.num_samples)
+    done_indices = {r["index"] for r in done}
+    items = [(i, *problems[i]) for i in block if i not in done_indices]
+    if done:
+        print(f"astro eval: resuming {partial}: {len(done_indices)} problems done, {len(items)} to go")
+    if engine is None:
+        check_model_path(args.model, "--model")
+        if args.engine.tokenizer:
+            check_model_path(args.engine.tokenizer, "--engine.tokenizer")
     tokenizer = tokenizer or load_tokenizer(args.engine.tokenizer or args.model)
     own_engine = engine is None
     engine = engine or build_engine(args)
-    suffix = f".shard-{shard[0]}-of-{shard[1]}" if args.shard else ""
+    write_json(partial_settings, settings)
+    shard_settings = out_dir / f"settings{suffix}.json"
     try:
-        records = write_jsonl(out_dir / f"samples{suffix}.jsonl", generate_records(engine, tokenizer, items, args))
+        shard_settings.unlink(missing_ok=True)  # a shard is complete only once its samples are in place again
+        records = write_samples(generate_records(engine, tokenizer, items, args), out_dir / f"samples{suffix}.jsonl",
+                                partial, args.num_samples)
     finally:
         if own_engine:
             engine.close()
-    settings = scored_settings(args)
+    partial_settings.unlink(missing_ok=True)
     if args.shard:
-        (out_dir / f"settings{suffix}.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        print(f"shard {args.shard}: {len(items)} problems, {len(records)} samples in {out_dir}; "
+        write_json(shard_settings, {**settings, "shard_problems": [block.start, block.stop]})
+        print(f"shard {args.shard}: {len(block)} problems, {len(records)} samples in {out_dir}; "
               f"after all shards: astro eval --merge {out_dir}")
         return None
     return finish(records, settings, out_dir)
@@ -245,12 +321,22 @@ def evaluate(args: EvalArgs, engine: RolloutEngine | None = None, tokenizer=None
 def merge_shards(folder: str | Path) -> dict:
     """Combines `samples.shard-I-of-N.jsonl` files (all N of them, equal settings) into one summary."""
     folder = Path(folder)
-    paths = complete_shards(folder, "settings.shard-{i}-of-{n}.json")
+    paths = complete_shards(folder, "settings.shard-{i}-of-{n}.json", "; run or finish astro eval --shard I/N")
     count = len(paths)
-    settings = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    blocks = [read_json(path) for path in paths]
+    settings = [{k: v for k, v in block.items() if k != "shard_problems"} for block in blocks]
     if any(s != settings[0] for s in settings):
         raise ValueError(f"{folder}: the shards were run with different settings")
-    records = [r for i in range(count) for r in read_jsonl(folder / f"samples.shard-{i}-of-{count}.jsonl")]
+    records = []
+    for i, block in enumerate(blocks):
+        shard_records = read_jsonl(folder / f"samples.shard-{i}-of-{count}.jsonl")
+        start, stop = block.get("shard_problems", (None, None))
+        expected = {(index, k) for index in range(start or 0, stop or 0) for k in range(settings[0]["num_samples"])}
+        if start is None or {(r["index"], r["sample"]) for r in shard_records} != expected \
+                or len(shard_records) != len(expected):
+            raise UsageError(f"{folder}: shard {i} of {count} is incomplete ({len(shard_records)} samples); rerun "
+                             f"astro eval --shard {i}/{count} to finish it")
+        records += shard_records
     records.sort(key=lambda r: (r["index"], r["sample"]))
     write_jsonl(folder / "samples.jsonl", records)
     return finish(records, settings[0], folder)
@@ -263,7 +349,8 @@ def parse_args(argv: list[str] | None) -> EvalArgs:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.merge:
-        merge_shards(args.merge)
+        with claim(args.merge, "--merge"):
+            merge_shards(args.merge)
     else:
         evaluate(args)
     return 0

@@ -2,13 +2,16 @@
 
 `AtomicCheckpoint` writes each checkpoint (a file, or a directory of shards under `ModelParallelStrategy`) to a
 temporary path and renames it into place, points `last.ckpt` at it with an atomic symlink swap, and deletes
-superseded checkpoints only after `last` points at the new one. A kill at any moment leaves `last` loadable.
+superseded checkpoints only after `last` points at the new one. A kill at any moment leaves `last` loadable, a
+failed write (full or read-only disk) removes its partial file and leaves `last` at the last good checkpoint, and
+`last` keeps its name when a run resumes from another checkpoint (Lightning would start `last-v1`).
 `WandbRunId` stores the W&B run id in every checkpoint; the CLI reads it back on resume so the run continues.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import torch
 from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+
+from astro_pl.errors import UsageError
 
 RUN_ID_KEY = "wandb_run_id"
 
@@ -40,11 +45,24 @@ class AtomicCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.partial"
-        super()._save_checkpoint(trainer, tmp)
+        try:
+            super()._save_checkpoint(trainer, tmp)
+        except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as a RuntimeError
+            if trainer.is_global_zero and os.path.lexists(tmp):
+                shutil.rmtree(tmp) if os.path.isdir(tmp) else os.remove(tmp)
+            last = f"; {self.last_model_path} still holds the last good state" if self.last_model_path else ""
+            detail = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise UsageError(f"{filepath}: writing the checkpoint failed ({detail}; is the disk full or "
+                             f"read-only?){last}") from err
         if trainer.is_global_zero:
             replace_path(tmp, filepath)
         trainer.strategy.barrier()
         self._last_checkpoint_saved = filepath
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self.save_last:  # replace `last` in place (atomically), never version it as last-v1
+            self.last_model_path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
     @staticmethod
     def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
@@ -95,7 +113,13 @@ def read_run_id(path: str | Path) -> str | None:
     meta = path / _METADATA_FILENAME if path.is_dir() else path
     if not meta.exists():
         return None
-    return torch.load(meta, map_location="cpu", weights_only=False, mmap=not path.is_dir()).get(RUN_ID_KEY)
+    try:
+        checkpoint = torch.load(meta, map_location="cpu", weights_only=False, mmap=not path.is_dir())
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise UsageError(f"--ckpt_path {path}: corrupt or truncated checkpoint ({str(err).splitlines()[0]})") from err
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"--ckpt_path {path}: not a Lightning checkpoint")
+    return checkpoint.get(RUN_ID_KEY)
 
 
 def continue_wandb_run(logger: WandbLogger, run_id: str) -> None:

@@ -24,6 +24,8 @@ from transformers import (
 )
 
 from astro_pl.data.chat import PLAIN_CHAT_TEMPLATE, QWEN3_CHAT_TEMPLATE
+from astro_pl.errors import UsageError
+from astro_pl.runfiles import read_jsonl
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
 
@@ -144,14 +146,30 @@ def build_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, seed: int =
     return build_tiny_model(tokenizer_dir, out_dir, "llama", seed, **sizes)
 
 
+def check_tiny_model_args(cfg) -> None:
+    """Refuses sizes the tokenizer or model would silently ignore or fail on, and a non-empty --out folder."""
+    smallest_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
+    if cfg.vocab_size < smallest_vocab:
+        raise UsageError(f"--vocab_size must be >= {smallest_vocab} (256 bytes + {len(SPECIAL_TOKENS)} special "
+                         f"tokens), got {cfg.vocab_size}")
+    for flag in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings"):
+        if getattr(cfg, flag) < 1:
+            raise UsageError(f"--{flag} must be >= 1, got {getattr(cfg, flag)}")
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise UsageError(f"--hidden_size {cfg.hidden_size} must be a multiple of --num_attention_heads "
+                         f"{cfg.num_attention_heads}")
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
+        raise UsageError(f"--out {out}: not empty (it may hold a trained model); pass --overwrite to replace it")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`astro tiny-model`: fit a tokenizer on trace/problem JSONL text fields and write a tiny Llama, Qwen2 or
     Qwen3."""
-    import json
-
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog="astro tiny-model", description=main.__doc__)
+    parser = ArgumentParser(prog="astro tiny-model", description=main.__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--texts", type=str, nargs="+", required=True, help="JSONL files to fit the BPE on.")
     parser.add_argument("--fields", type=list[str], default=["problem", "trace"], help="Text fields to read.")
@@ -167,22 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intermediate_size", type=int, default=256)
     parser.add_argument("--max_position_embeddings", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", type=bool, default=False,
+                        help="Replace the files of a non-empty --out folder (a trained model there is lost).")
     cfg = parser.parse_args(argv)
-
-    def texts():
-        for path in cfg.texts:
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}:{lineno}: not JSON ({err.msg})") from err
-                    yield from (str(row[k]) for k in cfg.fields if k in row)
+    check_tiny_model_args(cfg)
 
     out = Path(cfg.out)
-    train_tokenizer(texts(), out / "tokenizer", vocab_size=cfg.vocab_size, split_digits=cfg.split_digits)
+    corpus = [str(row[k]) for path in cfg.texts for row in read_jsonl(path, missing_ok=False)
+              for k in cfg.fields if k in row]
+    if not any(text.strip() for text in corpus):
+        raise UsageError(f"--texts {' '.join(cfg.texts)}: no text in the fields {cfg.fields}")
+    train_tokenizer(corpus, out / "tokenizer", vocab_size=cfg.vocab_size, split_digits=cfg.split_digits)
     sizes = dict(
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_hidden_layers,

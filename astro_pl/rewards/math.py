@@ -55,42 +55,59 @@ def extract_final_answer(text: str) -> str | None:
     """Content of the last complete `\\boxed{...}` or `\\fbox{...}` (also the bare `\\boxed 5`), or None.
 
     A box that opens but never closes (a truncated response) is skipped, so the last complete one counts. Boxes
-    nested inside a box are part of its content; a box whose whole content is another box is unwrapped.
+    nested inside a box are part of its content; a box whose whole content is another box is unwrapped. One brace
+    pass and one scan: linear time and no recursion, however deeply the boxes nest.
     """
     if not isinstance(text, str):
         return None
-    partners, answer, pos = None, None, 0
+    partners, span, pos = None, None, 0
     while (m := _BOX.search(text, pos)) is not None:
-        i = m.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
+        i = _skip_spaces(text, m.end())
         if i < len(text) and text[i] == "{":
             partners = _brace_partners(text) if partners is None else partners
             end = partners.get(i)
             if end is None:
                 pos = m.end()
                 continue
-            answer, pos = text[i + 1 : end], end + 1
+            span, pos = (i + 1, end), end + 1
         elif i < len(text) and text[i] not in "\n\r\t$}":
             end = _BARE_BOX_END.search(text, i)
             end = len(text) if end is None else end.start()
-            answer, pos = text[i:end].rstrip(".,;"), end
+            span, pos = (i, i + len(text[i:end].rstrip(".,;"))), end
         else:
             pos = m.end()
-    while answer is not None and (inner := extract_final_answer(answer)) is not None and _is_whole_box(answer):
-        answer = inner
-    return None if answer is None else answer.strip()
+    if span is None:
+        return None
+    start, end = span
+    while partners is not None and (inner := _whole_box(text, start, end, partners)) is not None:
+        start, end = inner
+    return text[start:end].strip()
+
+
+def _skip_spaces(text: str, i: int) -> int:
+    while i < len(text) and text[i] == " ":
+        i += 1
+    return i
+
+
+def _whole_box(text: str, start: int, end: int, partners: dict[int, int]) -> tuple[int, int] | None:
+    """The content span of the box that is all of text[start:end] (surrounding whitespace aside), or None."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    m = _BOX.match(text, start, end)
+    if m is None:
+        return None
+    i = _skip_spaces(text, m.end())
+    if i < end and text[i] == "{" and partners.get(i) == end - 1:
+        return i + 1, end - 1
+    return None
 
 
 def _unbox(s: str) -> str:
     boxed = extract_final_answer(s) if _BOX.search(s) else None
     return s if boxed is None else boxed
-
-
-def _is_whole_box(s: str) -> bool:
-    s = s.strip()
-    m = _BOX.match(s)
-    return bool(m) and s.endswith("}") and _brace_partners(s).get(s.find("{", m.end())) == len(s) - 1
 
 
 def _decide(pred: str, gold: str, deadline: float) -> bool:

@@ -29,8 +29,9 @@ from pathlib import Path
 from astro_pl.data.chat import render_prompt
 from astro_pl.rewards.math import answers_match, extract_final_answer
 from astro_pl.rollout.base import Completion, EngineArgs, RolloutEngine, SamplingArgs
+from astro_pl.runfiles import append_jsonl, drop_torn_tail, read_jsonl
 from astro_pl.search.linearize import TraceArgs, trace_segments
-from astro_pl.search.tree import SearchTree, append_jsonl, drop_torn_tail, read_jsonl, read_trees
+from astro_pl.search.tree import SearchTree, read_trees
 from astro_pl.search.verbalize import Segment, join_segments
 
 REWRITTEN_FILE = "rewritten.jsonl"

@@ -19,7 +19,6 @@ gives the files an unsharded run writes.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -33,13 +32,24 @@ from tqdm import tqdm
 
 from astro_pl.data.chat import render_prompt
 from astro_pl.data.problems import Problem, check_unique_ids
+from astro_pl.errors import UsageError
 from astro_pl.rollout import build_engine
 from astro_pl.rollout.base import EngineArgs, RolloutEngine
+from astro_pl.runfiles import (
+    append_jsonl,
+    claim,
+    drop_torn_tail,
+    read_json,
+    read_jsonl,
+    to_line,
+    write_json,
+    write_jsonl,
+)
 from astro_pl.search.linearize import SelfEvaluationJudge, SoundnessJudge, TraceArgs, build_traces
 from astro_pl.search.mcts import SearchArgs, search_trees
 from astro_pl.search.proposers import LLMProposerArgs, LLMStepProposer
 from astro_pl.search.rewrite import REWRITTEN_FILE, RewriteArgs, check_rewrite, rewrite_folder
-from astro_pl.search.tree import SearchTree, append_jsonl, append_tree, drop_torn_tail, read_jsonl, read_trees
+from astro_pl.search.tree import SearchTree, append_tree, read_trees
 from astro_pl.shards import complete_shards, parse_shard, shard_range
 from astro_pl.tasks.base import StepProposer, Task, flat_problems
 
@@ -69,7 +79,8 @@ class SelfEvalArgs:
 
 def build_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog="astro search", description="MCTS over solution steps, then ASTRO traces.")
+    parser = ArgumentParser(prog="astro search", description="MCTS over solution steps, then ASTRO traces.",
+                            exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
     parser.add_argument("--out_dir", type=str | None, default=None,
                         help="Folder for trees.jsonl, traces.jsonl, run.json and summary.json (shards: subfolders).")
@@ -82,6 +93,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--split", type=Literal["train", "val", "test"], default="train",
                         help="Which of the task's splits to search.")
     parser.add_argument("--limit", type=int | None, default=None, help="Search only the first LIMIT problems.")
+    parser.add_argument("--max_problem_chars", type=int, default=20_000,
+                        help="Longest problem text searched; a longer one is refused by id (its steps cost time "
+                             "growing with the square of its length and would stall its whole batch).")
     parser.add_argument("--proposer", type=Literal["task", "llm"], default="task",
                         help="task: the task's scripted teacher (an environment, not a model); llm: a model through "
                              "--engine.")
@@ -113,6 +127,18 @@ def build_proposer(kind: str, task: Task, llm: LLMProposerArgs, engine: EngineAr
     return LLMStepProposer(rollout_engine, tokenizer, llm), rollout_engine
 
 
+def check_sizes(problems: list[Problem], max_chars: int, where: str) -> None:
+    """Refuses an empty problem list and any problem longer than `max_chars`, naming it."""
+    if max_chars < 1:
+        raise UsageError(f"--max_problem_chars must be >= 1, got {max_chars}")
+    if not problems:
+        raise UsageError(f"{where}: no problems to search")
+    too_long = next((p for p in problems if len(p.problem) > max_chars), None)
+    if too_long is not None:
+        raise UsageError(f"{where}: problem {too_long.id!r} has {len(too_long.problem)} characters, over "
+                         f"--max_problem_chars {max_chars}")
+
+
 def check_choices(kind: str, proposer: str, task: Task) -> None:
     """Refuses a proposer or judge the task cannot give, before the folder is claimed or any engine starts."""
     if proposer == "task" and task.teacher() is None:
@@ -134,20 +160,35 @@ def build_judge(kind: str, task: Task, proposer: StepProposer, args: SelfEvalArg
     return None
 
 
-# ---- crash-safe output -------------------------------------------------------------------------------------
+# ---- crash-safe output (the file primitives live in astro_pl.runfiles) ----------------------------------------
 
 
 def resume(trees_path: Path, traces_path: Path) -> set[str]:
-    """Repairs the output after a kill and returns the ids of problems whose tree (and traces) are complete."""
+    """Repairs the output after a kill and returns the ids of problems whose tree (and traces) are complete.
+
+    Drops a torn last line, traces whose tree was not written (their problem is searched again), and repeated
+    trees and traces of one problem (two runs that wrote into one folder before folders were locked).
+    """
     drop_torn_tail(trees_path)
     drop_torn_tail(traces_path)
+    trees = read_jsonl(trees_path)
+    first = {}
+    for tree in trees:
+        first.setdefault(str(tree.get("problem_id")), tree)
+    if len(first) != len(trees):
+        list(read_trees(trees_path))  # validates every tree before any rewrite
+        write_jsonl(trees_path, first.values())
     done = {tree.problem_id for tree in read_trees(trees_path)} if trees_path.exists() else set()
     traces = read_jsonl(traces_path)
-    kept = [t for t in traces if str(t["problem_id"]) in done]
-    if len(kept) != len(traces):  # traces of a tree that was not written: its problem will be searched again
-        tmp = traces_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in kept), encoding="utf-8")
-        os.replace(tmp, traces_path)
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for trace in traces:
+        key = (str(trace.get("problem_id")), to_line(trace))
+        if key[0] in done and key not in seen:
+            seen.add(key)
+            kept.append(trace)
+    if len(kept) != len(traces):
+        write_jsonl(traces_path, kept)
     return done
 
 
@@ -209,12 +250,6 @@ def differing_keys(a: dict, b: dict) -> list[str]:
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<unset>") != fb.get(k, "<unset>"))
 
 
-def write_json(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def claim_folder(out_dir: Path, run: dict) -> None:
     """Writes run.json (settings, shard, problem ids), refusing a folder whose trees came from other settings.
 
@@ -222,7 +257,7 @@ def claim_folder(out_dir: Path, run: dict) -> None:
     """
     path, trees = out_dir / "run.json", out_dir / "trees.jsonl"
     if path.exists() and trees.exists() and trees.stat().st_size > 0:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
+        earlier = read_json(path)
         changed = differing_keys(earlier, run)
         if changed:
             raise ValueError(f"{path}: {out_dir} holds a run with other settings ({', '.join(changed[:8])}); "
@@ -241,7 +276,7 @@ def merge_shards(folder: Path) -> dict:
         path = shard_dirs[i] / "run.json"
         if not path.exists():
             raise ValueError(f"{path}: missing; shard {i} of {count} has not started")
-        runs.append(json.loads(path.read_text(encoding="utf-8")))
+        runs.append(read_json(path))
         changed = differing_keys(runs[0]["settings"], runs[i]["settings"])
         if changed:
             raise ValueError(f"{folder}: shard {i} of {count} was run with other settings than shard 0 "
@@ -266,9 +301,7 @@ def merge_shards(folder: Path) -> dict:
                 by_problem.setdefault(str(record["problem_id"]), []).append(record)
             records_of[name] += [r for problem_id in run["problem_ids"] for r in by_problem.get(problem_id, [])]
     for name, records in [("trees.jsonl", [t.to_dict() for t in trees]), *records_of.items()]:
-        tmp = folder / f"{name}.tmp"
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, folder / name)
+        write_jsonl(folder / name, records)
     write_json(folder / "run.json", {"settings": runs[0]["settings"], "shard": None,
                                      "problem_ids": [pid for run in runs for pid in run["problem_ids"]]})
     return finish(folder)
@@ -276,7 +309,7 @@ def merge_shards(folder: Path) -> dict:
 
 def finish(out_dir: Path) -> dict:
     summary = summarize(out_dir / "trees.jsonl", out_dir / "traces.jsonl")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -285,12 +318,13 @@ def search(parser: ArgumentParser, raw: Namespace) -> dict:
     """Runs (or resumes) the search `raw` describes (`build_parser`'s options) and returns the summary of its
     folder. Bad settings raise ValueError naming the flag, or the file, line and field."""
     if raw.out_dir is None:
-        raise ValueError("--out_dir is required (or --merge DIR to combine shards)")
+        raise UsageError("--out_dir is required (or --merge DIR to combine shards)")
     if raw.task is None:
         raise ValueError("--task is required (e.g. --task astro_pl.tasks.ArithmeticTask)")
     cfg = parser.instantiate(raw)
     problems = flat_problems(cfg.task, cfg.split, cfg.limit)
     check_unique_ids(problems, f"--task {cfg.split} split")
+    check_sizes(problems, cfg.max_problem_chars, f"--task {cfg.split} split")
     out_dir, shard = Path(cfg.out_dir), None
     if cfg.shard is not None:
         shard = parse_shard(cfg.shard)
@@ -298,20 +332,22 @@ def search(parser: ArgumentParser, raw: Namespace) -> dict:
         out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
     check_choices(cfg.judge, cfg.proposer, cfg.task)
     check_rewrite(cfg.rewrite, cfg.proposer)
-    claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
-                           "problem_ids": [p.id for p in problems]})
-    proposer, engine = build_proposer(cfg.proposer, cfg.task, cfg.llm, cfg.engine)
-    try:
-        parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
-        search_and_write(problems, proposer, cfg, out_dir, build_judge(cfg.judge, cfg.task, proposer, cfg.self_eval))
-        if cfg.rewrite.enabled and cfg.rewrite.engine is None:  # the search's model rewrites, still loaded
-            rewrite_folder(out_dir, cfg.rewrite, cfg.traces, proposer.engine, proposer.tokenizer)
-    finally:
-        if engine is not None:
-            engine.close()
-    if cfg.rewrite.enabled and cfg.rewrite.engine is not None:  # its own model, once the search's is closed
-        rewrite_folder(out_dir, cfg.rewrite, cfg.traces)
-    summary = finish(out_dir)
+    with claim(out_dir):
+        claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
+                               "problem_ids": [p.id for p in problems]})
+        proposer, engine = build_proposer(cfg.proposer, cfg.task, cfg.llm, cfg.engine)
+        try:
+            parser.save(raw, out_dir / "config.yaml", overwrite=True, skip_validation=True)
+            search_and_write(problems, proposer, cfg, out_dir,
+                             build_judge(cfg.judge, cfg.task, proposer, cfg.self_eval))
+            if cfg.rewrite.enabled and cfg.rewrite.engine is None:  # the search's model rewrites, still loaded
+                rewrite_folder(out_dir, cfg.rewrite, cfg.traces, proposer.engine, proposer.tokenizer)
+        finally:
+            if engine is not None:
+                engine.close()
+        if cfg.rewrite.enabled and cfg.rewrite.engine is not None:  # its own model, once the search's is closed
+            rewrite_folder(out_dir, cfg.rewrite, cfg.traces)
+        summary = finish(out_dir)
     if shard is not None:
         print(f"shard {cfg.shard} done in {out_dir}; after all shards: astro search --merge {cfg.out_dir}")
     return summary
@@ -327,13 +363,13 @@ def search_config(config: str | Path, out_dir: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Flag, file and settings errors raise ValueError (UsageError) naming the flag, or the file, line and field;
+    the `astro` dispatch prints them as one line."""
     parser = build_parser()
     raw = parser.parse_args(argv)
-    try:  # the Args dataclasses and problem loaders raise ValueError naming the flag, or the file, line and field
-        if raw.merge:
+    if raw.merge:
+        with claim(raw.merge, "--merge"):
             merge_shards(Path(raw.merge))
-        else:
-            search(parser, raw)
-    except ValueError as err:
-        parser.error(str(err))
+    else:
+        search(parser, raw)
     return 0

@@ -1,8 +1,8 @@
-"""Search-tree records and their JSONL form (one tree per line, one line per problem); the crash-safe JSONL helpers
-the search's output files share come from `astro_pl.records` (re-exported here).
+"""Search-tree records and their JSONL form (one tree per line, one line per problem).
 
 A tree is a flat list of nodes; node 0 is the root (the problem, no step text). Parent/child links are indices,
-so a tree round-trips through JSON exactly.
+so a tree round-trips through JSON exactly. A node is added after its parent, so every parent index is smaller
+than its child's: `check_links` enforces that on load, which rules out cycles and missing parents.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from astro_pl.records import append_jsonl, drop_torn_tail, read_jsonl
-
-__all__ = ["Node", "SearchTree", "append_jsonl", "append_tree", "drop_torn_tail", "read_jsonl", "read_trees"]
+from astro_pl.runfiles import append_jsonl
 
 
 @dataclass
@@ -99,21 +97,38 @@ class SearchTree:
 
     @classmethod
     def from_dict(cls, data: dict) -> SearchTree:
-        return cls(
+        tree = cls(
             problem_id=str(data["problem_id"]),
             problem=data["problem"],
             gold=data["gold"],
             nodes=[Node(**n) for n in data["nodes"]],
         )
+        check_links(tree.nodes)
+        return tree
+
+
+def check_links(nodes: list[Node]) -> None:
+    """Raises ValueError naming the node and field unless node i has id i, node 0 alone is the root, every
+    parent comes before its child, and parent and children lists agree (so no cycle, no missing parent)."""
+    if not nodes:
+        raise ValueError("nodes: empty (node 0 is the root)")
+    for i, node in enumerate(nodes):
+        if node.id != i:
+            raise ValueError(f"nodes[{i}].id: {node.id!r}, expected {i}")
+        if i == 0:
+            if node.parent is not None:
+                raise ValueError(f"nodes[0].parent: {node.parent!r}, the root has none")
+        elif not isinstance(node.parent, int) or not 0 <= node.parent < i:
+            raise ValueError(f"nodes[{i}].parent: {node.parent!r} is not an earlier node (missing parent or cycle)")
+    for i, node in enumerate(nodes):
+        for child in node.children:
+            if not isinstance(child, int) or not 0 < child < len(nodes) or nodes[child].parent != i:
+                raise ValueError(f"nodes[{i}].children: {child!r} is not a node whose parent is {i}")
 
 
 def append_tree(path: str | Path, tree: SearchTree) -> None:
     """Appends one tree as one line and flushes it to disk, so a killed run loses no finished tree."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(tree.to_dict(), ensure_ascii=False) + "\n")
-        f.flush()
+    append_jsonl(path, [tree.to_dict()])
 
 
 def read_trees(path: str | Path) -> Iterator[SearchTree]:
@@ -132,3 +147,5 @@ def read_trees(path: str | Path) -> Iterator[SearchTree]:
             raise ValueError(f"{path}:{lineno}: not a JSON tree record ({err.msg})") from err
         except (KeyError, TypeError) as err:
             raise ValueError(f"{path}:{lineno}: malformed tree record, field {err}") from err
+        except ValueError as err:
+            raise ValueError(f"{path}:{lineno}: bad tree, {err}") from err

@@ -15,6 +15,7 @@ import random
 from html import escape
 from pathlib import Path
 
+from astro_pl.errors import UsageError, raise_usage
 from astro_pl.search.linearize import Event, choose_terminals, collect_terminals, merge_paths
 from astro_pl.search.tree import SearchTree, read_trees
 from astro_pl.search.verbalize import Phrases, join_segments, verbalize
@@ -147,11 +148,12 @@ def find_tree(path: Path, index: int | None, problem_id: str | None) -> SearchTr
         if (problem_id is not None and tree.problem_id == problem_id) or (problem_id is None and i == index):
             return tree
     wanted = f"problem id {problem_id!r}" if problem_id is not None else f"index {index}"
-    raise SystemExit(f"astro view-tree: {path}: no tree with {wanted}")
+    raise UsageError(f"{path}: no tree with {wanted}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="astro view-tree", description=__doc__.split("\n\n")[0])
+    parser.error = raise_usage  # one line through the `astro` dispatch, not usage plus exit
     parser.add_argument("trees", type=Path, help="trees JSONL written by `astro search`")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, default=0, help="0-based line of the tree in the file (default 0)")
@@ -162,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--self-check-q", type=float, default=0.9, help="Q of steps that get a positive self-check")
     args = parser.parse_args(argv)
     if not args.trees.is_file():
-        raise SystemExit(f"astro view-tree: no such file: {args.trees}")
+        raise UsageError(f"{args.trees}: no such file")
     if args.backtracks < 0:
-        raise SystemExit(f"astro view-tree: --backtracks must be >= 0, got {args.backtracks}")
+        raise UsageError(f"--backtracks must be >= 0, got {args.backtracks}")
+    if args.problem_id is None and args.index < 0:
+        raise UsageError(f"--index must be >= 0, got {args.index}")
     tree = find_tree(args.trees, args.index, args.problem_id)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render_tree(tree, args.backtracks, args.seed, args.self_check_q), encoding="utf-8")

@@ -16,6 +16,7 @@ from astro_pl.evaluation.backtracks import count_backtracks, count_reflections
 from astro_pl.loading import load_tokenizer
 from astro_pl.rewards.math import extract_final_answer
 from astro_pl.rollout.base import Completion
+from astro_pl.runfiles import read_jsonl
 from astro_pl.search.linearize import TraceArgs, build_traces, trace_segments
 from astro_pl.search.rewrite import (
     REWRITTEN_FILE,
@@ -28,7 +29,6 @@ from astro_pl.search.rewrite import (
     rewrite_requests,
 )
 from astro_pl.search.run import main as search_main
-from astro_pl.search.tree import read_jsonl
 from astro_pl.search.verbalize import Phrases, Segment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,8 +243,7 @@ def test_astro_search_rewrites_with_its_own_hf_engine_and_shards_merge(tiny_mode
 
 
 def test_rewrite_without_a_model_is_refused_before_the_search(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--rewrite.enabled needs --rewrite.engine.model"):
         search_main(["--config", str(REPO / "configs/search/synthetic.yaml"), "--out_dir", str(tmp_path / "o"),
                      "--rewrite.enabled", "true"])
-    assert "--rewrite.enabled needs --rewrite.engine.model" in capsys.readouterr().err
     assert not (tmp_path / "o" / "trees.jsonl").exists()

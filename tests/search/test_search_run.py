@@ -68,34 +68,36 @@ def test_traces_load_with_datasets(tmp_path):
 
 
 def test_print_config_and_flag_errors(capsys, tmp_path):
+    from astro_pl.cli import main as astro
+
     with pytest.raises(SystemExit) as done:
         main(["--config", str(CONFIG), "--print_config"])
     assert done.value.code == 0
     printed = capsys.readouterr().out
     assert "c_puct: 2.0" in printed and "error_rate: 0.3" in printed
-    with pytest.raises(SystemExit) as done:
-        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--search.num_rollouts", "0"])
-    assert done.value.code != 0
-    assert "--search.num_rollouts must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--proposer", "llm", "--judge", "none"])
-    assert "--engine.model" in capsys.readouterr().err
-    assert main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--limit", "2",
+
+    def error(*argv: str) -> str:
+        assert astro(["search", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("astro search: error: ") and err.count("\n") == 1, err
+        return err
+
+    unused = str(tmp_path / "unused")
+    assert "--search.num_rollouts must be >= 1" in error("--config", str(CONFIG), "--out_dir", unused,
+                                                         "--search.num_rollouts", "0")
+    assert "--engine.model" in error("--config", str(CONFIG), "--out_dir", unused, "--proposer", "llm",
+                                     "--judge", "none")
+    assert main(["--config", str(CONFIG), "--out_dir", unused, "--limit", "2",
                  "--search.iterations", "2"]) == 0, "a folder whose run failed before any tree is not claimed"
-    with pytest.raises(SystemExit):
-        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--judge", "llm"])
-    assert "--judge llm needs --proposer llm" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--task", "astro_pl.tasks.MathTask",
-              "--limit", "2", "--judge", "none"])
-    assert "--proposer task: MathTask has no scripted teacher" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--config", str(CONFIG), "--out_dir", str(tmp_path / "unused"), "--task", "astro_pl.tasks.MathTask",
-              "--limit", "2", "--proposer", "llm", "--engine.model", "unused"])
-    assert "--judge task: MathTask has no soundness judge" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--search.iterations", "2"])  # no config, so no out_dir
-    assert "--out_dir is required (or --merge DIR" in capsys.readouterr().err
+    capsys.readouterr()
+    assert "--judge llm needs --proposer llm" in error("--config", str(CONFIG), "--out_dir", unused, "--judge", "llm")
+    assert "--proposer task: MathTask has no scripted teacher" in error(
+        "--config", str(CONFIG), "--out_dir", unused, "--task", "astro_pl.tasks.MathTask", "--limit", "2",
+        "--judge", "none")
+    assert "--judge task: MathTask has no soundness judge" in error(
+        "--config", str(CONFIG), "--out_dir", unused, "--task", "astro_pl.tasks.MathTask", "--limit", "2",
+        "--proposer", "llm", "--engine.model", "unused")
+    assert "--out_dir is required (or --merge DIR" in error("--search.iterations", "2")  # no config, no out_dir
 
 
 def test_resume_repairs_torn_lines_and_orphan_traces(tmp_path):
@@ -170,9 +172,9 @@ def test_two_shards_merged_equal_an_unsharded_run(unsharded, tmp_path, capsys):
 
 
 def shard_error(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    assert done.value.code != 0
+    from astro_pl.cli import main as astro
+
+    assert astro(["search", *argv]) == 2
     return capsys.readouterr().err
 
 

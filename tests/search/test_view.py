@@ -12,7 +12,6 @@ import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
-import pytest
 from hand_trees import make_terminal, sample_tree
 
 from astro_pl.cli import main as astro
@@ -100,10 +99,11 @@ def test_cli_selects_tree_and_reports_errors(tmp_path, capsys):
     assert "Search tree b" in page and "No correct terminal: no trace" in page and ' onpath"' not in page
     assert astro(["view-tree", str(trees), "--index", "0", "--out", str(out), "--backtracks", "0"]) == 0
     assert "Search tree a" in out.read_text(encoding="utf-8")
-    with pytest.raises(SystemExit, match=r"trees\.jsonl: no tree with index 5"):
-        astro(["view-tree", str(trees), "--index", "5", "--out", str(out)])
-    with pytest.raises(SystemExit, match="no such file"):
-        astro(["view-tree", str(tmp_path / "missing.jsonl"), "--out", str(out)])
+    capsys.readouterr()
+    assert astro(["view-tree", str(trees), "--index", "5", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"astro view-tree: error: {trees}: no tree with index 5\n"
+    assert astro(["view-tree", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.endswith("missing.jsonl: no such file\n")
 
 
 def test_deep_tree_renders():
