@@ -1,6 +1,6 @@
 """`astro view-tree`: one search tree as a self-contained HTML page (inline CSS, no script, no network).
 
-    astro view-tree TREES.jsonl (--index I | --problem-id ID) --out tree.html [--backtracks K] [--seed S]
+    astro view-tree TREES.jsonl (--index I | --problem_id ID) --out tree.html [--backtracks K] [--seed S]
 
 Every node shows N, Q, its prior and its step text (HTML-escaped: step text is model output). Terminals are coloured
 correct (green) or incorrect (red). One search trace, drawn as `build_traces` would draw it (k incorrect terminals
@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", type=Path, help="trees JSONL written by `astro search`")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, default=0, help="0-based line of the tree in the file (default 0)")
-    which.add_argument("--problem-id", help="problem id of the tree")
+    which.add_argument("--problem_id", help="problem id of the tree")
     parser.add_argument("--out", type=Path, default=Path("tree.html"), help="HTML file to write")
     parser.add_argument("--backtracks", type=int, default=2, help="incorrect terminals in the highlighted trace")
     parser.add_argument("--seed", type=int, default=0, help="seed drawing the highlighted trace")
-    parser.add_argument("--self-check-q", type=float, default=0.9, help="Q of steps that get a positive self-check")
+    parser.add_argument("--self_check_q", type=float, default=0.9, help="Q of steps that get a positive self-check")
     args = parser.parse_args(argv)
     if not args.trees.is_file():
         raise UsageError(f"{args.trees}: no such file")

@@ -94,7 +94,7 @@ def test_cli_selects_tree_and_reports_errors(tmp_path, capsys):
     make_terminal(unsolved, 3, "12", False)
     append_tree(trees, unsolved)
     out = tmp_path / "out" / "b.html"
-    assert astro(["view-tree", str(trees), "--problem-id", "b", "--out", str(out)]) == 0
+    assert astro(["view-tree", str(trees), "--problem_id", "b", "--out", str(out)]) == 0
     page = out.read_text(encoding="utf-8")
     assert "Search tree b" in page and "No correct terminal: no trace" in page and ' onpath"' not in page
     assert astro(["view-tree", str(trees), "--index", "0", "--out", str(out), "--backtracks", "0"]) == 0
