@@ -41,7 +41,7 @@ CASES = [
          message=r"--index must be >= 0, got -1", kind="silent-wrong"),
     Case("negative-backtracks", ["view-tree", "{good}", "--backtracks", "-2", "--out", "{tmp}/x.html"],
          message=r"--backtracks must be >= 0, got -2", kind="clean"),
-    Case("unknown-flag", ["view-tree", "{good}", "--problem_id", "p"], message=r"unrecognized arguments: --problem_id",
+    Case("unknown-flag", ["view-tree", "{good}", "--problem-id", "p"], message=r"unrecognized arguments: --problem-id",
          kind="clean"),
 ]
 
