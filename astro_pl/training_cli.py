@@ -19,9 +19,11 @@ from __future__ import annotations
 import netrc
 import os
 import pickle
+import socket
 import sys
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
@@ -117,18 +119,26 @@ class AstroCLI(LightningCLI):
 
 
 def check_wandb_login(loggers: list) -> None:
-    """Fails at once, not after W&B's network retries, when an online W&B logger has no API key."""
+    """Fails at once, not after W&B's network retries, when an online W&B logger has no API key or cannot reach
+    its server."""
     online = [lg for lg in loggers if isinstance(lg, WandbLogger) and not lg._offline]
-    if not online or os.environ.get("WANDB_MODE", "") in ("offline", "disabled", "dryrun") or \
-            os.environ.get("WANDB_API_KEY"):
+    if not online or os.environ.get("WANDB_MODE", "") in ("offline", "disabled", "dryrun"):
         return
+    offline_hint = "or log offline (--trainer.logger.init_args.offline true or WANDB_MODE=offline)"
+    if not os.environ.get("WANDB_API_KEY"):
+        try:
+            has_key = netrc.netrc().authenticators("api.wandb.ai") is not None
+        except (FileNotFoundError, netrc.NetrcParseError):
+            has_key = False
+        if not has_key:
+            raise UsageError(f"--trainer.logger: W&B is online but has no API key; run `wandb login`, set "
+                             f"WANDB_API_KEY, {offline_hint}")
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
     try:
-        has_key = netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        has_key = False
-    if not has_key:
-        raise UsageError("--trainer.logger: W&B is online but has no API key; run `wandb login`, set WANDB_API_KEY, "
-                         "or log offline (--trainer.logger.init_args.offline true or WANDB_MODE=offline)")
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as err:
+        raise UsageError(f"--trainer.logger: W&B is online but {host} cannot be reached ({err}); {offline_hint}") \
+            from None
 
 
 def main(argv: list[str] | None = None) -> int:

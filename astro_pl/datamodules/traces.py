@@ -32,6 +32,7 @@ from astro_pl.datamodules.packing import (
     collate_padded,
     pack_best_fit,
 )
+from astro_pl.errors import check_model_path
 from astro_pl.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class TraceDataModule(L.LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
+            check_model_path(self.tokenizer_path, "--data.init_args.tokenizer_path")
             self._tokenizer = load_tokenizer(self.tokenizer_path)
         return self._tokenizer
 

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from typing_extensions import override
 
 from astro_pl.data.problems import Problem
+from astro_pl.errors import check_model_path
 from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
 from astro_pl.loading import resolve_dtype
 from astro_pl.modules.collectives import all_reduce_scalar, ranks_per_engine
@@ -189,6 +190,7 @@ class RLModule(L.LightningModule):
         from astro_pl.loading import load_causal_lm, load_tokenizer
         from astro_pl.modules.lora import add_lora
 
+        check_model_path(self.model_path, "--model.init_args.model_path")
         self.tokenizer = load_tokenizer(self.model_path)
         self.model = load_causal_lm(self.model_path, self.dtype_name)
         if self.fused_kernels:
@@ -246,6 +248,7 @@ class RLModule(L.LightningModule):
         if self.tokenizer is None:
             from astro_pl.loading import load_tokenizer
 
+            check_model_path(self.model_path, "--model.init_args.model_path")
             self.tokenizer = load_tokenizer(self.model_path)
         if self.engine is None and stage in ("fit", "validate"):
             from astro_pl.rollout import build_engine

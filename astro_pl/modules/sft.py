@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from astro_pl.datamodules.packing import IGNORE_INDEX
+from astro_pl.errors import check_model_path
 from astro_pl.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from astro_pl.modules.fsdp import shard_decoder
 from astro_pl.modules.kernels import apply_fused_kernels, liger_linear_cross_entropy_sum
@@ -95,6 +96,7 @@ class SFTModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        check_model_path(self.model_path, "--model.init_args.model_path")
         model = load_causal_lm(self.model_path, self.dtype_name, self.attn_implementation)
         model.config.use_cache = False
         model.train()  # from_pretrained returns eval mode

@@ -98,6 +98,10 @@ CASES = [
     Case("bad-flag", [*FIT, "--trainer.max_stepz", "3"], message=r"unrecognized arguments: --trainer.max_stepz 3",
          kind="clean"),
     Case("bad-type", [*FIT, "--trainer.max_steps", "many"], message=r'Parser key "trainer.max_steps"', kind="clean"),
+    Case("no-model-folder", [*FIT, "--model.init_args.model_path", "{tmp}/nomodel"],
+         message=r"--model.init_args.model_path .*nomodel: no such model folder", kind="traceback"),
+    Case("no-tokenizer-files", [*FIT, "--data.init_args.tokenizer_path", "{tmp}"],
+         message=r"--data.init_args.tokenizer_path .*: no tokenizer files in the folder", kind="traceback"),
 ]
 
 
@@ -110,4 +114,12 @@ def test_online_wandb_without_a_key_fails_in_seconds(paths, capsys, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")} | {"HOME": str(tmp_path)}
     check_case(Case("wandb-no-key", [*FIT, "--trainer.logger.init_args.offline", "false"],
                     message=r"--trainer.logger: W&B is online but has no API key; run `wandb login`"),
+               paths, capsys, timeout=120, env=env)
+
+
+def test_online_wandb_without_a_network_fails_in_seconds(paths, capsys, tmp_path):
+    """This machine has no network: an online logger with a key must stop at once with one line, not retry."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"} | {"WANDB_API_KEY": "x" * 40}
+    check_case(Case("wandb-no-network", [*FIT, "--trainer.logger.init_args.offline", "false"],
+                    message=r"--trainer.logger: W&B is online but api\.wandb\.ai cannot be reached", kind="hang"),
                paths, capsys, timeout=120, env=env)
