@@ -23,9 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
 from astro_pl.errors import UsageError
+from astro_pl.options import parse_dataclass
 from astro_pl.runfiles import claim, read_json, write_json
 
 
@@ -279,23 +278,30 @@ def compare_runs(root: str | Path) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class PipelineArgs:
+    """`astro pipeline`: the stages to chain and where they write."""
+
+    stages: list[Stage] = field(default_factory=list)
+    """The stages, in order."""
+    output_dir: str = "runs/quickstart"
+    """Where every stage writes."""
+    seed: int = 0
+    """Substituted for {seed} in stage commands."""
+    start_from: str | None = None
+    """Rerun from this stage on."""
+    compare: str | None = None
+    """Print the side-by-side table of the <arm>-seed<N> runs under this folder, and exit."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="astro pipeline", description=__doc__, exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_argument("--output_dir", type=str, default="runs/quickstart", help="Where every stage writes.")
-    parser.add_argument("--seed", type=int, default=0, help="Substituted for {seed} in stage commands.")
-    parser.add_argument("--start_from", type=str | None, default=None, help="Rerun from this stage on.")
-    parser.add_argument("--stages", type=list[Stage], default=[], help="The stages, in order.")
-    parser.add_argument("--compare", type=str | None, default=None,
-                        help="Print the side-by-side table of the <arm>-seed<N> runs under this folder, and exit.")
-    cfg = parser.parse_args(argv)
+    cfg = parse_dataclass(PipelineArgs, "astro pipeline", __doc__.split("\n\n")[0], argv)
     if cfg.compare:
         print(compare_runs(cfg.compare))
         return 0
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    stages = [Stage(**vars(s)) if not isinstance(s, Stage) else s for s in parser.instantiate_classes(cfg).stages]
-    run_pipeline(stages, cfg.output_dir, cfg.seed, cfg.start_from)
+    run_pipeline(cfg.stages, cfg.output_dir, cfg.seed, cfg.start_from)
     from astro_pl.evaluation.html_report import write_run_report
 
     print(f"report: {write_run_report(cfg.output_dir)}", flush=True)

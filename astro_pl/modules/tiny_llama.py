@@ -9,6 +9,7 @@ q/k/v biases, Qwen3 per-head q/k RMSNorms and a chat template with a thinking sw
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,7 @@ from transformers import (
 
 from astro_pl.data.chat import PLAIN_CHAT_TEMPLATE, QWEN3_CHAT_TEMPLATE
 from astro_pl.errors import UsageError
+from astro_pl.options import parse_dataclass
 from astro_pl.runfiles import read_jsonl
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
@@ -146,50 +148,64 @@ def build_tiny_llama(tokenizer_dir: str | Path, out_dir: str | Path, seed: int =
     return build_tiny_model(tokenizer_dir, out_dir, "llama", seed, **sizes)
 
 
-def check_tiny_model_args(cfg) -> None:
-    """Refuses sizes the tokenizer or model would silently ignore or fail on, and a non-empty --out folder."""
-    smallest_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
-    if cfg.vocab_size < smallest_vocab:
-        raise UsageError(f"--vocab_size must be >= {smallest_vocab} (256 bytes + {len(SPECIAL_TOKENS)} special "
-                         f"tokens), got {cfg.vocab_size}")
-    for flag in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings"):
-        if getattr(cfg, flag) < 1:
-            raise UsageError(f"--{flag} must be >= 1, got {getattr(cfg, flag)}")
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise UsageError(f"--hidden_size {cfg.hidden_size} must be a multiple of --num_attention_heads "
-                         f"{cfg.num_attention_heads}")
-    out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
-        raise UsageError(f"--out {out}: not empty (it may hold a trained model); pass --overwrite to replace it")
+@dataclass
+class TinyModelArgs:
+    """`astro tiny-model`: fit a tokenizer on JSONL text fields and write a randomly initialised tiny model."""
+
+    texts: str | list[str] = ""
+    """JSONL file(s) whose text fields the BPE tokenizer is fitted on."""
+    out: str = ""
+    """Output folder (Hugging Face format)."""
+    fields: list[str] = field(default_factory=lambda: ["problem", "trace"])
+    """Text fields to read."""
+    architecture: Literal["llama", "qwen2", "qwen3"] = "llama"
+    """Model family: llama, qwen2 (q/k/v biases) or qwen3 (q/k norms, thinking template)."""
+    vocab_size: int = 512
+    """Tokenizer vocabulary (at least the 256 bytes and the special tokens)."""
+    split_digits: bool = True
+    """One token per digit (arithmetic); false lets BPE keep numbers whole (graph node ids)."""
+    hidden_size: int = 128
+    """Model width."""
+    num_hidden_layers: int = 2
+    """Decoder layers."""
+    num_attention_heads: int = 2
+    """Attention heads (must divide hidden_size)."""
+    intermediate_size: int = 256
+    """MLP width."""
+    max_position_embeddings: int = 2048
+    """Longest sequence."""
+    seed: int = 0
+    """Initialisation seed."""
+    overwrite: bool = False
+    """Replace the files of a non-empty --out folder (a trained model there is lost)."""
+
+    def __post_init__(self) -> None:
+        """Refuses sizes the tokenizer or model would silently ignore or fail on, and a non-empty --out folder."""
+        self.texts = [self.texts] if isinstance(self.texts, str) else list(self.texts)
+        if not self.texts or not all(self.texts):
+            raise UsageError("--texts is required (JSONL files of the traces or problems)")
+        if not self.out:
+            raise UsageError("--out is required (the folder to write the model to)")
+        smallest_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
+        if self.vocab_size < smallest_vocab:
+            raise UsageError(f"--vocab_size must be >= {smallest_vocab} (256 bytes + {len(SPECIAL_TOKENS)} special "
+                             f"tokens), got {self.vocab_size}")
+        for flag in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            if getattr(self, flag) < 1:
+                raise UsageError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise UsageError(f"--hidden_size {self.hidden_size} must be a multiple of --num_attention_heads "
+                             f"{self.num_attention_heads}")
+        out = Path(self.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.overwrite:
+            raise UsageError(f"--out {out}: not empty (it may hold a trained model); pass --overwrite to replace it")
 
 
 def main(argv: list[str] | None = None) -> int:
     """`astro tiny-model`: fit a tokenizer on trace/problem JSONL text fields and write a tiny Llama, Qwen2 or
     Qwen3."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(prog="astro tiny-model", description=main.__doc__, exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_argument("--texts", type=str, nargs="+", required=True, help="JSONL files to fit the BPE on.")
-    parser.add_argument("--fields", type=list[str], default=["problem", "trace"], help="Text fields to read.")
-    parser.add_argument("--out", type=str, required=True, help="Output directory (HF format).")
-    parser.add_argument("--architecture", type=Literal[tuple(ARCHITECTURES)], default="llama",
-                        help="Model family: llama, qwen2 (q/k/v biases) or qwen3 (q/k norms, thinking template).")
-    parser.add_argument("--vocab_size", type=int, default=512)
-    parser.add_argument("--split_digits", type=bool, default=True,
-                        help="One token per digit (arithmetic); false lets BPE keep numbers whole (graph node ids).")
-    parser.add_argument("--hidden_size", type=int, default=128)
-    parser.add_argument("--num_hidden_layers", type=int, default=2)
-    parser.add_argument("--num_attention_heads", type=int, default=2)
-    parser.add_argument("--intermediate_size", type=int, default=256)
-    parser.add_argument("--max_position_embeddings", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", type=bool, default=False,
-                        help="Replace the files of a non-empty --out folder (a trained model there is lost).")
-    cfg = parser.parse_args(argv)
-    check_tiny_model_args(cfg)
-
+    cfg = parse_dataclass(TinyModelArgs, "astro tiny-model", main.__doc__, argv)
     out = Path(cfg.out)
     corpus = [str(row[k]) for path in cfg.texts for row in read_jsonl(path, missing_ok=False)
               for k in cfg.fields if k in row]
