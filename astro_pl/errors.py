@@ -32,11 +32,6 @@ def one_line(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
-def raise_usage(message: str, *_) -> None:
-    """Installed as a parser's `error`: a flag error reaches the `astro` dispatch as a UsageError."""
-    raise UsageError(message)
-
-
 def user_message(err: BaseException) -> str | None:
     """The one line to show for a failure the user caused, or None for a bug (which keeps its traceback)."""
     if isinstance(err, argparse.ArgumentError):

@@ -1,6 +1,6 @@
 """`astro view-tree`: one search tree as a self-contained HTML page (inline CSS, no script, no network).
 
-    astro view-tree TREES.jsonl (--index I | --problem_id ID) --out tree.html [--backtracks K] [--seed S]
+    astro view-tree TREES.jsonl [--index I | --problem_id ID] --out tree.html [--backtracks K] [--seed S]
 
 Every node shows N, Q, its prior and its step text (HTML-escaped: step text is model output). Terminals are coloured
 correct (green) or incorrect (red). One search trace, drawn as `build_traces` would draw it (k incorrect terminals
@@ -10,12 +10,11 @@ to carry a backtrack mark, and its verbalised text is shown beside the tree.
 
 from __future__ import annotations
 
-import argparse
 import random
 from html import escape
 from pathlib import Path
 
-from astro_pl.errors import UsageError, raise_usage
+from astro_pl.errors import UsageError
 from astro_pl.search.linearize import Event, choose_terminals, collect_terminals, merge_paths
 from astro_pl.search.tree import SearchTree, read_trees
 from astro_pl.search.verbalize import Phrases, join_segments, verbalize
@@ -151,26 +150,34 @@ def find_tree(path: Path, index: int | None, problem_id: str | None) -> SearchTr
     raise UsageError(f"{path}: no tree with {wanted}")
 
 
+def view_tree(trees: Path, index: int = 0, problem_id: str | None = None, out: Path = Path("tree.html"),
+              backtracks: int = 2, seed: int = 0, self_check_q: float = 0.9) -> str:
+    """Renders one search tree as a self-contained HTML page.
+
+    Args:
+        trees: Trees JSONL written by `astro search`.
+        index: 0-based line of the tree in the file (ignored when `problem_id` is given).
+        problem_id: Problem id of the tree.
+        out: HTML file to write.
+        backtracks: Incorrect terminals in the highlighted trace.
+        seed: Seed drawing the highlighted trace.
+        self_check_q: Q of steps that get a positive self-check.
+    """
+    trees, out = Path(trees), Path(out)
+    if not trees.is_file():
+        raise UsageError(f"{trees}: no such file")
+    if backtracks < 0:
+        raise UsageError(f"--backtracks must be >= 0, got {backtracks}")
+    if problem_id is None and index < 0:
+        raise UsageError(f"--index must be >= 0, got {index}")
+    tree = find_tree(trees, index, problem_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_tree(tree, backtracks, seed, self_check_q), encoding="utf-8")
+    return f"wrote {out} (tree {tree.problem_id}, {len(tree.nodes)} nodes)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="astro view-tree", description=__doc__.split("\n\n")[0])
-    parser.error = raise_usage  # one line through the `astro` dispatch, not usage plus exit
-    parser.add_argument("trees", type=Path, help="trees JSONL written by `astro search`")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--index", type=int, default=0, help="0-based line of the tree in the file (default 0)")
-    which.add_argument("--problem_id", help="problem id of the tree")
-    parser.add_argument("--out", type=Path, default=Path("tree.html"), help="HTML file to write")
-    parser.add_argument("--backtracks", type=int, default=2, help="incorrect terminals in the highlighted trace")
-    parser.add_argument("--seed", type=int, default=0, help="seed drawing the highlighted trace")
-    parser.add_argument("--self_check_q", type=float, default=0.9, help="Q of steps that get a positive self-check")
-    args = parser.parse_args(argv)
-    if not args.trees.is_file():
-        raise UsageError(f"{args.trees}: no such file")
-    if args.backtracks < 0:
-        raise UsageError(f"--backtracks must be >= 0, got {args.backtracks}")
-    if args.problem_id is None and args.index < 0:
-        raise UsageError(f"--index must be >= 0, got {args.index}")
-    tree = find_tree(args.trees, args.index, args.problem_id)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_tree(tree, args.backtracks, args.seed, args.self_check_q), encoding="utf-8")
-    print(f"wrote {args.out} (tree {tree.problem_id}, {len(tree.nodes)} nodes)")
+    from jsonargparse import auto_cli
+
+    print(auto_cli(view_tree, args=argv, exit_on_error=False))  # flag errors: one line through the dispatch
     return 0
