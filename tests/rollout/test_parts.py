@@ -64,8 +64,10 @@ def test_sample_seeds_are_distinct_across_prompts_and_samples():
 
 
 def test_build_engine_rejects_unknown_kind(tmp_path):
-    with pytest.raises(ValueError, match="'vllm' or 'hf'"):
-        build_engine("sglang", EngineArgs(model=str(tmp_path)))
+    with pytest.raises(ValueError, match="--engine.kind must be 'vllm' or 'hf', got 'sglang'"):
+        build_engine(EngineArgs(kind="sglang", model=str(tmp_path)))
+    with pytest.raises(ValueError, match="--engine.model is required"):
+        build_engine(EngineArgs(kind="hf"))
 
 
 def test_vllm_on_cpu_refuses_a_separate_engine_process(monkeypatch):
