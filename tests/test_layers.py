@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "astro_pl"
 FOUNDATION_PREFIXES = ("astro_pl.data", "astro_pl.rewards", "astro_pl.rollout", "astro_pl.tasks", "astro_pl.loading",
-                       "astro_pl.seeds", "astro_pl.shards", "astro_pl.runfiles", "astro_pl.records", "astro_pl.options",
+                       "astro_pl.seeds", "astro_pl.shards", "astro_pl.runfiles", "astro_pl.options",
                        "astro_pl.errors",
                        "astro_pl.evaluation.backtracks", "astro_pl.evaluation.metrics")
 COMMANDS = ("astro_pl.cli", "astro_pl.pipeline", "astro_pl.training_cli")

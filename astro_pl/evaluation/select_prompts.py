@@ -39,9 +39,9 @@ from tqdm import tqdm
 from astro_pl.data.problems import Problem
 from astro_pl.loading import load_tokenizer
 from astro_pl.options import parse_dataclass
-from astro_pl.records import append_jsonl, drop_torn_tail, read_jsonl
 from astro_pl.rollout import EngineArgs, RolloutEngine, SamplingArgs, build_engine
 from astro_pl.rollout.base import Completion
+from astro_pl.runfiles import append_jsonl, drop_torn_tail, read_jsonl
 from astro_pl.shards import complete_shards, parse_shard, shard_range
 from astro_pl.tasks.base import Task, describe_task
 
