@@ -6,6 +6,7 @@
     astro fit|validate|test --config configs/<stage>/<name>.yaml   LightningCLI: SFT / RL (astro_pl.training_cli)
     astro eval       --config configs/eval/<name>.yaml      benchmarks and analysis     (astro_pl.evaluation.run)
     astro pipeline   --config configs/quickstart.yaml       search -> SFT -> RL -> eval  (astro_pl.pipeline)
+    astro ablation   --config configs/ablation/graph.yaml   pipelines per arm x seed, compared (astro_pl.ablation)
     astro select-prompts   --config configs/select_prompts/<name>.yaml   RL prompts in a pass-rate band
                                                                       (astro_pl.evaluation.select_prompts)
     astro eval-checkpoints --eval_config <eval yaml> --folder <RL run>  accuracy vs backtracks across RL
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "test": ("astro_pl.training_cli", "main", "test a LightningModule with LightningCLI"),
     "eval": ("astro_pl.evaluation.run", "main", "evaluate a checkpoint on MATH-500 / AMC 2023 / AIME 2024"),
     "pipeline": ("astro_pl.pipeline", "main", "chain search, SFT, RL and evaluation"),
+    "ablation": ("astro_pl.ablation", "main", "run pipelines per arm and seed, then compare them"),
     "select-prompts": ("astro_pl.evaluation.select_prompts", "main",
                        "score candidate RL prompts with the policy and keep those in a pass-rate band"),
     "eval-checkpoints": ("astro_pl.evaluation.checkpoints", "main",

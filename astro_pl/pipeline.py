@@ -167,8 +167,9 @@ def run_stage(stage: Stage, values: dict[str, str], log_dir: Path) -> float:
 
 
 def read_eval_summary(path: Path, benchmark: str = "") -> dict:
-    """accuracy (pass@1), truncation_rate, accuracy_finished (pass@1 among samples not cut off), mean_backtracks and
-    mean_length of one benchmark of an `astro eval` summary."""
+    """accuracy (pass@1), truncation_rate, accuracy_finished (pass@1 among samples not cut off), mean_backtracks,
+    grounded_backtracks, mean_length and the task's own verdicts (`task`, when it has any) of one benchmark of an
+    `astro eval` summary."""
     benchmarks = json.loads(path.read_text(encoding="utf-8"))["benchmarks"]
     if not benchmark:
         if len(benchmarks) != 1:
@@ -177,9 +178,10 @@ def read_eval_summary(path: Path, benchmark: str = "") -> dict:
     if benchmark not in benchmarks:
         raise ValueError(f"{path}: no benchmark {benchmark!r}; it has {sorted(benchmarks)}")
     scores = benchmarks[benchmark]
-    return {"accuracy": scores["pass@1"], "truncation_rate": scores["truncation_rate"],
-            "accuracy_finished": scores["pass@1_finished"], "mean_backtracks": scores["mean_backtracks"],
-            "mean_length": scores["mean_length"]}
+    result = {"accuracy": scores["pass@1"], "truncation_rate": scores["truncation_rate"],
+              "accuracy_finished": scores["pass@1_finished"], "mean_backtracks": scores["mean_backtracks"],
+              "grounded_backtracks": scores.get("grounded_backtracks"), "mean_length": scores["mean_length"]}
+    return result | ({"task": scores["task"]} if scores.get("task") else {})
 
 
 def format_table(rows: list[dict]) -> str:
@@ -246,35 +248,50 @@ def run_stages(stages: list[Stage], out: Path, values: dict[str, str], seed: int
     return summary
 
 
-def mean_std(values: list[float]) -> str:
-    """Percent mean ± sample std; a single run has no spread to show."""
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """Mean ± sample std of `values` times `scale` (percent by default); a single run has no spread to show."""
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{100 * mean:.1f}"
+        return f"{scale * mean:.{digits}f}"
     std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+COMPARED = (("accuracy", "pass@1 (%)", 100.0, 1), ("accuracy_finished", "pass@1 finished (%)", 100.0, 1),
+            ("truncation_rate", "truncated (%)", 100.0, 1), ("mean_backtracks", "backtracks", 1.0, 2),
+            ("grounded_backtracks", "grounded (%)", 100.0, 0), ("mean_length", "length", 1.0, 1))
+"""Stage results `compare_runs` shows: key, column, scale and decimals."""
 
 
 def compare_runs(root: str | Path) -> str:
-    """Side-by-side table of pipeline runs under `root` named `<arm>-seed<N>`: per arm and evaluated stage,
-    accuracy (%) and backtracks per response as mean ± sample std over the seeds found."""
+    """Side-by-side table of pipeline runs under `root` named `<arm>-seed<N>`: one row per arm and evaluated stage,
+    each score as mean ± sample std over the seeds that have it, the task's own verdicts (`Task.judge`, as
+    fractions) after the common scores."""
     arms: dict[str, list[dict]] = {}
     for path in sorted(Path(root).glob("*/summary.json")):
         arms.setdefault(re.sub(r"-seed\d+$", "", path.parent.name), []).append(json.loads(path.read_text()))
     if not arms:
         raise ValueError(f"{root}: no <arm>-seed<N>/summary.json run folders")
-    stages = list(dict.fromkeys(name for runs in arms.values() for run in runs
-                                for name, r in run["stages"].items() if "accuracy" in r))  # unfinished runs too
-    header = "| arm | seeds | " + " | ".join(f"{s} accuracy (%) | {s} backtracks" for s in stages) + " |"
-    lines = [header, "|---|---:|" + "---:|---:|" * len(stages)]
-    for arm, runs in arms.items():
-        cells = []
+    results = [(arm, run["seed"], name, result) for arm, runs in arms.items() for run in runs
+               for name, result in run["stages"].items() if "accuracy" in result]  # unfinished runs too
+    stages = list(dict.fromkeys(name for _, _, name, _ in results))
+    task_keys = list(dict.fromkeys(key for *_, result in results for key in result.get("task", {})))
+    columns = [*((key, title, scale, digits) for key, title, scale, digits in COMPARED),
+               *((f"task.{key}", key, 1.0, 2) for key in task_keys)]
+    lines = ["| arm | stage | seeds | " + " | ".join(title for _, title, _, _ in columns) + " |",
+             "|---|---|---:|" + "---:|" * len(columns)]
+    for arm in arms:
         for stage in stages:
-            done = [r["stages"][stage] for r in runs if stage in r["stages"]]
-            cells += [mean_std([d["accuracy"] for d in done]) if done else "-",
-                      f"{sum(d['mean_backtracks'] for d in done) / len(done):.2f}" if done else "-"]
-        seeds = ", ".join(str(r["seed"]) for r in runs if any(s in r["stages"] for s in stages))
-        lines.append(f"| {arm} | {seeds} | " + " | ".join(cells) + " |")
+            done = [(seed, result | {f"task.{k}": v for k, v in result.get("task", {}).items()})
+                    for run_arm, seed, name, result in results if run_arm == arm and name == stage]
+            if not done:
+                continue
+            cells = []
+            for key, _, scale, digits in columns:
+                values = [result[key] for _, result in done if result.get(key) is not None]
+                cells.append(mean_std(values, scale, digits) if values else "-")
+            seeds = ", ".join(str(seed) for seed, _ in done)
+            lines.append(f"| {arm} | {stage} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 Layers (README, "Architecture"): foundations (data, IO, rewards, rollout engines, tasks, text analysis) at the
 bottom; components (search, datamodules, modules, evaluation runs) above them; the command layer (the `astro`
-dispatcher, the pipeline and LightningCLI) on top. Imports inside functions count too.
+dispatcher, the pipeline, the ablation and LightningCLI) on top. Imports inside functions count too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ FOUNDATION_PREFIXES = ("astro_pl.data", "astro_pl.rewards", "astro_pl.rollout", 
                        "astro_pl.seeds", "astro_pl.shards", "astro_pl.runfiles", "astro_pl.options",
                        "astro_pl.errors",
                        "astro_pl.evaluation.backtracks", "astro_pl.evaluation.metrics")
-COMMANDS = ("astro_pl.cli", "astro_pl.pipeline", "astro_pl.training_cli")
+COMMANDS = ("astro_pl.cli", "astro_pl.pipeline", "astro_pl.ablation", "astro_pl.training_cli")
 
 
 def layer(module: str) -> int:

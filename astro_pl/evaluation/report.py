@@ -87,9 +87,22 @@ def summarize(records: Sequence[dict], settings: dict, match_fn: Callable[[str, 
         backtracks = sum(r["backtracks"] for r in flat)  # share of them whose go-back target was written before
         scores["grounded_backtracks"] = sum(r["grounded_backtracks"] for r in flat) / backtracks if backtracks else None
         scores |= _backtrack_analysis([r["backtracks"] for r in flat], [r["correct"] for r in flat], max_backtracks)
+        if task := mean_judgements([r.get("task") or {} for r in flat]):
+            scores["task"] = task
         benchmarks[name] = scores
     pooled = _backtrack_analysis([r["backtracks"] for r in ordered], [r["correct"] for r in ordered], max_backtracks)
     return {"settings": settings, "benchmarks": benchmarks, "all": pooled}
+
+
+def mean_judgements(judgements: Sequence[dict]) -> dict[str, float | None]:
+    """Each key of the task's per-response verdicts (`Task.judge`) averaged over the responses where it is not None
+    (booleans as 0/1); None where no response has it."""
+    keys = dict.fromkeys(key for judgement in judgements for key in judgement)
+    means = {}
+    for key in keys:
+        values = [float(j[key]) for j in judgements if j.get(key) is not None]
+        means[key] = sum(values) / len(values) if values else None
+    return means
 
 
 _SCORE_KEY = re.compile(r"(pass|maj)@\d+")
@@ -110,6 +123,10 @@ def markdown_table(summary: dict) -> str:
                  f"{scores['mean_length']:.1f}", f"{scores['mean_backtracks']:.2f}",
                  "n/a" if grounded is None else f"{100 * grounded:.0f}%", "n/a" if r is None else f"{r:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    for name, scores in benchmarks.items():
+        if scores.get("task"):
+            lines.append(f"\n{name}, the task's own verdicts (mean over responses where defined): " + ", ".join(
+                f"{key} {'n/a' if value is None else f'{value:.3f}'}" for key, value in scores["task"].items()))
     return "\n".join(lines)
 
 

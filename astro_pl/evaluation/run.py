@@ -191,6 +191,7 @@ def score_sample(benchmark: str, index: int, problem: Problem, sample: int, comp
         "grounded_backtracks": grounded_backtracks(completion.text, args.backtrack_phrases)[0],
         "length": len(completion.token_ids),
         "finish_reason": completion.finish_reason,
+        "task": args.task.judge(problem, completion.text, answer),
         "text": completion.text,
     }
 

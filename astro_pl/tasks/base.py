@@ -98,6 +98,11 @@ class Task(ABC):
         answer = self.extract_answer(text)
         return answer is not None and self.check(answer, problem.answer)
 
+    def judge(self, problem: Problem, text: str, answer: str | None) -> dict[str, bool | int | float | None]:
+        """The task's own verdicts on one response (`answer`: its final answer as scored, None when cut off);
+        `astro eval` reports each key's mean over the responses where it is not None. None by default."""
+        return {}
+
     def teacher(self) -> StepProposer | None:
         """A scripted step proposer for search (an environment standing in for a model), if the domain has one."""
         return None

@@ -308,3 +308,72 @@ class GraphTask(Task):
 
     def sound(self, problem: str, steps: Sequence[str]) -> bool:
         return sound_steps(problem, steps)
+
+    def judge(self, problem: Problem, text: str, answer: str | None) -> dict[str, bool | int | float | None]:
+        graph = parse_graph(problem.problem)
+        return {} if graph is None else judge_response(graph, text, answer)
+
+
+# Judging responses: whether a response really searches (`GraphTask.judge`, reported by `astro eval`). Read off the
+# moves "a>b" a response writes, independent of the trace's reflection phrases:
+# - first move: the node of the first move is the gold path's second node (needs look-ahead; chance is 1/arms);
+# - dead-end calls: a move saying "dead" is grounded when it follows a prompt edge to a node without outgoing edge;
+# - first attempt: the moves before the first one that does not continue from the last node (a jump back is a
+#   backtrack); it is wrong unless it walks from the start to the goal along prompt edges;
+# - recovery: the first attempt is wrong and the final answer is a valid path;
+# - false "yes": a final answer is claimed (in `\\boxed{}`, not cut off) but is not a valid path.
+_JUDGED_MOVE = re.compile(rf"(\d+)>(\d+)( {DEAD}\b)?")
+
+
+class Move(NamedTuple):
+    source: int
+    target: int
+    dead: bool
+    """Whether the move says the node it reaches is a dead end."""
+
+
+def moves(text: str) -> list[Move]:
+    """The moves "a>b" (and "a>b dead") of a response, in order."""
+    return [Move(int(a), int(b), bool(dead)) for a, b, dead in _JUDGED_MOVE.findall(text)]
+
+
+def first_move_correct(graph: Graph, text: str) -> bool:
+    """Whether the first move goes from the start to the gold path's second node."""
+    found = moves(text)
+    return bool(found) and (found[0].source, found[0].target) == gold_path(graph)[:2]
+
+
+def dead_end_calls(graph: Graph, text: str) -> list[bool]:
+    """One entry per "dead" the response says: True (grounded) when its move is a prompt edge and the node it
+    reaches has no outgoing edge (a made-up move or node is no evidence of a check)."""
+    edges = set(graph.edges)
+    return [(m.source, m.target) in edges and not graph.successors(m.target) for m in moves(text) if m.dead]
+
+
+def first_attempt(graph: Graph, text: str) -> list[int]:
+    """The path of the first attempt: the start, then the moves while each continues from the last node."""
+    path = [graph.start]
+    for m in moves(text):
+        if m.source != path[-1]:
+            break
+        path.append(m.target)
+    return path
+
+
+def judge_response(graph: Graph, text: str, answer: str | None) -> dict[str, bool | int | float | None]:
+    """What one response did; `answer` is its final answer as scored (None when it claims none or was cut off).
+
+    Returns:
+        first_move_correct; dead_calls (how many "dead" it says); grounded_dead_share (of those, the share at real
+        dead ends; None without any); first_attempt_wrong; recovered (the first attempt is wrong and the final
+        answer is a valid path; None when the first attempt is right); false_yes (a final answer is claimed but is
+        not a valid path). `astro eval` averages each over the responses where it is not None.
+    """
+    calls = dead_end_calls(graph, text)
+    claimed = None if answer is None else parse_path(answer)
+    solved = claimed is not None and valid_path(graph.edges, graph.start, graph.goal, claimed)
+    first_wrong = not valid_path(graph.edges, graph.start, graph.goal, first_attempt(graph, text))
+    return {"first_move_correct": first_move_correct(graph, text), "dead_calls": len(calls),
+            "grounded_dead_share": sum(calls) / len(calls) if calls else None,
+            "first_attempt_wrong": first_wrong, "recovered": solved if first_wrong else None,
+            "false_yes": answer is not None and not solved}

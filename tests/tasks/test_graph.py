@@ -8,23 +8,21 @@ import random
 import pytest
 
 from astro_pl.data.problems import Problem
-from astro_pl.evaluation.graph_metrics import (
-    dead_end_calls,
-    first_attempt,
-    first_move_correct,
-    judge_response,
-    moves,
-    summarize,
-)
+from astro_pl.evaluation.report import mean_judgements
 from astro_pl.tasks import GraphTask
 from astro_pl.tasks.base import State, StepProposer
 from astro_pl.tasks.graph import (
     Graph,
     GraphTeacherArgs,
     ScriptedGraphTeacher,
+    dead_end_calls,
+    first_attempt,
+    first_move_correct,
     format_graph,
     gold_path,
     graph_key,
+    judge_response,
+    moves,
     parse_graph,
     parse_path,
     path_star,
@@ -131,28 +129,36 @@ def test_judge_accepts_only_moves_along_prompt_edges():
 
 
 def test_response_metrics_on_hand_made_traces():
+    task = GraphTask()
     search = "97>57\n\n57>44\n\n44>43 dead\n\nback to start\n\n97>98\n\n98>77\n\n77>71 \\boxed{97 98 77 71}"
     assert moves(search)[2] == (44, 43, True) and len(moves(search)) == 6
     assert not first_move_correct(HAND, search) and first_attempt(HAND, search) == [97, 57, 44, 43]
-    v = judge_response(HAND, search)
-    assert (v.first_attempt_wrong, v.recovered, v.solved, v.false_yes) == (True, True, True, False)
-    assert dead_end_calls(HAND, search) == [True]
+    v = judge_response(HAND, search, task.extract_answer(search))
+    assert (v["first_attempt_wrong"], v["recovered"], v["false_yes"]) == (True, True, False)
+    assert dead_end_calls(HAND, search) == [True] and v["grounded_dead_share"] == 1.0
     assert dead_end_calls(HAND, "97>57\n\n57>40 dead") == [False]   # 40 has no successor, but 57>40 is no edge
     # an ungrounded "dead" (77 goes on to 71), then a jump that claims a path through a missing edge
     liar = "97>98\n\n98>77 dead\n\nback to start\n\n97>57\n\n57>71 \\boxed{97 57 71}"
-    v = judge_response(HAND, liar)
+    v = judge_response(HAND, liar, task.extract_answer(liar))
     assert first_move_correct(HAND, liar) and dead_end_calls(HAND, liar) == [False]
-    assert (v.first_attempt_wrong, v.recovered, v.solved, v.false_yes) == (True, False, False, True)
+    assert (v["first_attempt_wrong"], v["recovered"], v["false_yes"]) == (True, False, True)
     direct = "97>98\n\n98>77\n\n77>71 \\boxed{97 98 77 71}"
-    v = judge_response(HAND, direct)
-    assert (v.first_move_correct, v.first_attempt_wrong, v.recovered, v.solved) == (True, False, False, True)
+    v = judge_response(HAND, direct, task.extract_answer(direct))
+    assert (v["first_move_correct"], v["first_attempt_wrong"], v["recovered"], v["grounded_dead_share"]) == (
+        True, False, None, None)
+    # cut off after boxing a wrong path: no final answer (scored as such), so neither a false yes nor a recovery
+    cut = "97>57\n\n57>44\n\n44>43 \\boxed{97 57 44 43}"
+    assert judge_response(HAND, cut, None)["false_yes"] is False
     unfinished = "97>12\n\n12>13"
-    summary = summarize([judge_response(HAND, t) for t in (search, liar, direct, unfinished)])
-    # 4 responses: solved 2; first moves right: liar, direct; "dead" said twice, once at a real dead end;
+    problem = Problem(id="hand", problem=format_graph(HAND), answer="97 98 77 71")
+    texts = (search, liar, direct, unfinished)
+    means = mean_judgements([task.judge(problem, t, task.extract_answer(t)) for t in texts])
+    # first moves right: liar, direct; "dead" said twice (search grounded, liar not) -> 1 per response, half grounded;
     # wrong first attempts: search, liar, unfinished, of which search recovers; one false yes (liar)
-    assert summary == {"responses": 4, "accuracy": 0.5, "first_move_accuracy": 0.5, "dead_calls": 0.5,
-                       "grounded_dead_calls": 0.5, "first_attempt_wrong": 0.75, "recovery": 1 / 3, "false_yes": 0.25}
-    assert summarize([])["accuracy"] is None
+    assert means == {"first_move_correct": 0.5, "dead_calls": 0.5, "grounded_dead_share": 0.5,
+                     "first_attempt_wrong": 0.75, "recovered": 1 / 3, "false_yes": 0.25}
+    assert task.judge(Problem(id="x", problem="not a graph", answer="1 2"), direct, "1 2") == {}
+    assert mean_judgements([{}, {}]) == {}
 
 
 def test_tokenizer_keeps_every_node_id_one_token(tmp_path):
