@@ -20,11 +20,21 @@ from astro_pl.pipeline import PipelineArgs, compare_runs, run_pipeline
 
 
 @dataclass
+class Arm:
+    """One arm: a pipeline config and the variables it runs with (over the config's own)."""
+
+    config: str
+    """The `astro pipeline` config."""
+    variables: dict[str, str] = field(default_factory=dict)
+    """{name} -> value substitutions that make this arm differ from the others."""
+
+
+@dataclass
 class AblationArgs:
     """`astro ablation`: the arms, the seeds and where the runs go."""
 
-    arms: dict[str, str] = field(default_factory=dict)
-    """Arm name -> its `astro pipeline` config (the arms should differ in one thing only)."""
+    arms: dict[str, Arm] = field(default_factory=dict)
+    """Arm name -> its pipeline config and variables (the arms should differ in one thing only)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds every arm runs with (substituted for {seed} in its stages)."""
     output_dir: str = "runs/ablation"
@@ -32,11 +42,11 @@ class AblationArgs:
 
     def __post_init__(self) -> None:
         if not self.arms:
-            raise UsageError("--arms is required: arm name -> astro pipeline config (one YAML per arm)")
+            raise UsageError("--arms is required: arm name -> {config: PIPELINE.yaml, variables: {...}}")
         bad = [name for name in self.arms if not name or "/" in name or name.endswith(tuple("0123456789"))]
         if bad:
             raise UsageError(f"--arms: arm names must be non-empty folder names not ending in a digit, got {bad}")
-        missing = [path for path in self.arms.values() if not Path(path).is_file()]
+        missing = [arm.config for arm in self.arms.values() if not Path(arm.config).is_file()]
         if missing:
             raise UsageError(f"--arms: no such pipeline config: {', '.join(missing)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -45,15 +55,15 @@ class AblationArgs:
 
 def run_ablation(args: AblationArgs) -> str:
     """Every arm for every seed (finished stages are skipped), then the comparison table."""
-    pipelines = {arm: parse_dataclass(PipelineArgs, "astro pipeline", "", ["--config", path])
-                 for arm, path in args.arms.items()}
+    pipelines = {name: parse_dataclass(PipelineArgs, "astro pipeline", "", ["--config", arm.config])
+                 for name, arm in args.arms.items()}
     total, start = len(args.seeds) * len(pipelines), time.perf_counter()
     for i, (seed, (arm, pipeline)) in enumerate(
             ((seed, item) for seed in args.seeds for item in pipelines.items()), start=1):
         run_dir = Path(args.output_dir) / f"{arm}-seed{seed}"
         print(f"\n##### ablation run {i}/{total}: {arm}, seed {seed} -> {run_dir} "
               f"({time.perf_counter() - start:.0f} s so far)", flush=True)
-        run_pipeline(pipeline.stages, str(run_dir), seed)
+        run_pipeline(pipeline.stages, str(run_dir), seed, variables=pipeline.variables | args.arms[arm].variables)
         write_run_report(str(run_dir))
     table = compare_runs(args.output_dir)
     (Path(args.output_dir) / "comparison.md").write_text(table + "\n", encoding="utf-8")

@@ -34,7 +34,7 @@ class Stage:
 
     Args:
         name: Stage name, unique within the pipeline (used by --start_from and in the table).
-        command: `astro` arguments; "{output_dir}" and "{seed}" are substituted.
+        command: `astro` arguments; "{output_dir}", "{seed}" and the pipeline's `variables` are substituted.
         summary: An `astro eval` summary.json (same substitutions) read after the stage for the table: its
             benchmark's pass@1 is the stage's accuracy. Empty for stages that evaluate nothing.
         benchmark: Which benchmark of that summary to report; empty when it holds only one.
@@ -197,8 +197,10 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from: str | None = None) -> dict:
-    """Runs the stages in order, skipping finished ones, and writes `<output_dir>/summary.json`."""
+def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from: str | None = None,
+                 variables: dict[str, str] | None = None) -> dict:
+    """Runs the stages in order, skipping finished ones, and writes `<output_dir>/summary.json`; `variables` are
+    substituted in the stages' commands beside {output_dir} and {seed}."""
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stage names must be unique, got {names}")
@@ -206,7 +208,8 @@ def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from
         raise ValueError(f"--start_from {start_from!r} is not a stage; stages: {', '.join(names)}")
     out = Path(output_dir)
     with claim(out, "--output_dir"):
-        return run_stages(stages, out, {"output_dir": str(out), "seed": str(seed)}, seed, start_from)
+        values = {**(variables or {}), "output_dir": str(out), "seed": str(seed)}
+        return run_stages(stages, out, values, seed, start_from)
 
 
 def run_stages(stages: list[Stage], out: Path, values: dict[str, str], seed: int, start_from: str | None) -> dict:
@@ -305,6 +308,9 @@ class PipelineArgs:
     """Where every stage writes."""
     seed: int = 0
     """Substituted for {seed} in stage commands."""
+    variables: dict[str, str] = field(default_factory=dict)
+    """More {name} -> value substitutions, e.g. which traces config the search stage reads (an ablation's arms
+    differ in one variable)."""
     start_from: str | None = None
     """Rerun from this stage on."""
     compare: str | None = None
@@ -318,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    run_pipeline(cfg.stages, cfg.output_dir, cfg.seed, cfg.start_from)
+    run_pipeline(cfg.stages, cfg.output_dir, cfg.seed, cfg.start_from, cfg.variables)
     from astro_pl.evaluation.html_report import write_run_report
 
     print(f"report: {write_run_report(cfg.output_dir)}", flush=True)
