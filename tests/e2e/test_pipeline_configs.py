@@ -1,5 +1,6 @@
-"""Every pipeline config (quickstart, ablation arms) parses, and each of its stage commands is accepted as is by
-the subcommand it names (`--print_config`, in process), so a typo fails here rather than minutes into a run."""
+"""Every pipeline config (quickstart, ablation arms, and each arm of an `astro ablation` config with its variables)
+parses, and each of its stage commands is accepted as is by the subcommand it names (`--print_config`, in process),
+so a typo fails here rather than minutes into a run."""
 
 from __future__ import annotations
 
@@ -12,15 +13,31 @@ from astro_pl import cli
 from astro_pl.pipeline import substitute
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINES = [REPO / "configs/quickstart.yaml", REPO / "configs/graph_quickstart.yaml",
-             *sorted((REPO / "configs/ablation").glob("*.yaml"))]
-STAGES = [(p, s) for p in PIPELINES for s in yaml.safe_load(p.read_text())["stages"]]
+CONFIGS = {p: yaml.safe_load(p.read_text()) for p in [REPO / "configs/quickstart.yaml",
+                                                       REPO / "configs/graph_quickstart.yaml",
+                                                       *sorted((REPO / "configs/ablation").glob("*.yaml"))]}
 
 
-@pytest.mark.parametrize("path,stage", STAGES, ids=[f"{p.stem}-{s['name']}" for p, s in STAGES])
-def test_stage_command_is_accepted_by_its_subcommand(path, stage, tmp_path, monkeypatch, capsys):
+def runs() -> list[tuple[str, dict, dict]]:
+    """(name, pipeline config, variables) of every pipeline and of every arm of an ablation config."""
+    found = []
+    for path, config in CONFIGS.items():
+        if "arms" in config:
+            for arm, spec in config["arms"].items():
+                pipeline = yaml.safe_load((REPO / spec["config"]).read_text())
+                found.append((f"{path.stem}.{arm}", pipeline, pipeline.get("variables", {}) | spec["variables"]))
+        else:
+            found.append((path.stem, config, config.get("variables", {})))
+    return found
+
+
+STAGES = [(name, stage, variables) for name, config, variables in runs() for stage in config["stages"]]
+
+
+@pytest.mark.parametrize("name,stage,variables", STAGES, ids=[f"{n}-{s['name']}" for n, s, _ in STAGES])
+def test_stage_command_is_accepted_by_its_subcommand(name, stage, variables, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    argv = [substitute(a, {"output_dir": str(tmp_path), "seed": "0"}) for a in stage["command"]]
+    argv = [substitute(a, variables | {"output_dir": str(tmp_path), "seed": "0"}) for a in stage["command"]]
     if argv[0] == "tiny-model":  # it trains as soon as its arguments parse; test_pipeline.py runs it for real
         assert "--texts" in argv and "--out" in argv
         return
