@@ -78,17 +78,19 @@ def tiny_config(
     num_hidden_layers: int = 2,
     num_attention_heads: int = 2,
     num_key_value_heads: int | None = None,
+    head_dim: int | None = None,
     intermediate_size: int = 256,
     max_position_embeddings: int = 2048,
     bos_token_id: int | None = 1,
     eos_token_id: int = 2,
     pad_token_id: int = 0,
 ) -> PretrainedConfig:
-    """A config of `architecture` ("llama", "qwen2" or "qwen3"); head_dim = hidden/heads must be one vLLM's CPU
-    attention supports (32, 64, 128...). Key/value heads default to the attention heads (no grouping)."""
+    """A config of `architecture` ("llama", "qwen2" or "qwen3"); head_dim (default hidden/heads) must be one vLLM's
+    CPU attention supports (32, 64, 128...). Key/value heads default to the attention heads (no grouping)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
-    extra = {"head_dim": hidden_size // num_attention_heads} if architecture == "qwen3" else {}  # Qwen3 defaults 128
+    # Qwen3 defaults head_dim to 128; the others take hidden/heads unless told
+    extra = {"head_dim": head_dim or hidden_size // num_attention_heads} if head_dim or architecture == "qwen3" else {}
     return ARCHITECTURES[architecture](
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -169,7 +171,10 @@ class TinyModelArgs:
     num_hidden_layers: int = 2
     """Decoder layers."""
     num_attention_heads: int = 2
-    """Attention heads (must divide hidden_size)."""
+    """Attention heads (must divide hidden_size unless head_dim is given)."""
+    head_dim: int | None = None
+    """Width of each attention head; None: hidden_size / heads. More heads than width allows (hidden 64, 4 heads of
+    32) help a tiny model learn look-ups while keeping a head size vLLM's CPU attention runs."""
     intermediate_size: int = 256
     """MLP width."""
     max_position_embeddings: int = 2048
@@ -194,7 +199,9 @@ class TinyModelArgs:
                      "max_position_embeddings"):
             if getattr(self, flag) < 1:
                 raise UsageError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim is not None and self.head_dim < 1:
+            raise UsageError(f"--head_dim must be >= 1, got {self.head_dim}")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise UsageError(f"--hidden_size {self.hidden_size} must be a multiple of --num_attention_heads "
                              f"{self.num_attention_heads}")
         out = Path(self.out)
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads,
+        head_dim=cfg.head_dim,
         intermediate_size=cfg.intermediate_size,
         max_position_embeddings=cfg.max_position_embeddings,
     )

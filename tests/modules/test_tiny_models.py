@@ -68,6 +68,16 @@ def test_unknown_architecture_names_the_flag():
         tiny_config("gpt2", vocab_size=100)
 
 
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3"])
+def test_head_dim_decouples_heads_from_width(architecture):
+    config = tiny_config(architecture, vocab_size=100, hidden_size=64, num_attention_heads=4, head_dim=32)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (4 * 32, 64)
+    plain = AutoModelForCausalLM.from_config(tiny_config(architecture, vocab_size=100, hidden_size=64,
+                                                         num_attention_heads=2))
+    assert plain.model.layers[0].self_attn.q_proj.weight.shape == (64, 64)
+
+
 @pytest.mark.parametrize("architecture", ["qwen2", "qwen3"])
 def test_tiny_model_command_writes_the_architecture(tmp_path, architecture, capsys):
     texts = tmp_path / "traces.jsonl"
