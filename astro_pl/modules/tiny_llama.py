@@ -79,6 +79,7 @@ def tiny_config(
     num_attention_heads: int = 2,
     num_key_value_heads: int | None = None,
     head_dim: int | None = None,
+    rope_theta: float = 10_000.0,
     intermediate_size: int = 256,
     max_position_embeddings: int = 2048,
     bos_token_id: int | None = 1,
@@ -99,6 +100,7 @@ def tiny_config(
         num_key_value_heads=num_key_value_heads or num_attention_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
+        rope_theta=rope_theta,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
@@ -175,6 +177,9 @@ class TinyModelArgs:
     head_dim: int | None = None
     """Width of each attention head; None: hidden_size / heads. More heads than width allows (hidden 64, 4 heads of
     32) help a tiny model learn look-ups while keeping a head size vLLM's CPU attention runs."""
+    rope_theta: float = 10_000.0
+    """RoPE base. A small base (100) turns more of each head's dimensions into fast-rotating, position-sensitive
+    ones: the previous-token heads a look-up needs form sooner (short sequences only)."""
     intermediate_size: int = 256
     """MLP width."""
     max_position_embeddings: int = 2048
@@ -196,7 +201,7 @@ class TinyModelArgs:
             raise UsageError(f"--vocab_size must be >= {smallest_vocab} (256 bytes + {len(SPECIAL_TOKENS)} special "
                              f"tokens), got {self.vocab_size}")
         for flag in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings"):
+                     "max_position_embeddings", "rope_theta"):
             if getattr(self, flag) < 1:
                 raise UsageError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
         if self.head_dim is not None and self.head_dim < 1:
@@ -224,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads,
         head_dim=cfg.head_dim,
+        rope_theta=cfg.rope_theta,
         intermediate_size=cfg.intermediate_size,
         max_position_embeddings=cfg.max_position_embeddings,
     )
