@@ -78,7 +78,9 @@ class PromptDataModule(L.LightningDataModule):
             held-out problems (none: no validation); the RL module renders prompts and checks answers with it.
         batch_size: Prompts per step per rank (B); each gets `grpo.group_size` samples.
         val_batch_size: Prompts per validation batch.
-        train_limit: Keep only the first problems of the training split.
+        train_limit: Keep only the first problems of the training split (after `train_skip`).
+        train_skip: Leave out the first problems of the training split: those the search (and so SFT) used, when
+            RL should sample problems the policy was not fine-tuned on.
         val_limit: Keep only the first problems of the validation split.
         seed: Seed of the training order.
     """
@@ -89,6 +91,7 @@ class PromptDataModule(L.LightningDataModule):
         batch_size: int = 4,
         val_batch_size: int = 16,
         train_limit: int | None = None,
+        train_skip: int = 0,
         val_limit: int | None = None,
         seed: int = 0,
     ):
@@ -96,11 +99,13 @@ class PromptDataModule(L.LightningDataModule):
         for flag, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
             if value < 1:
                 raise ValueError(f"--data.{flag} must be >= 1, got {value}")
+        if train_skip < 0:
+            raise ValueError(f"--data.train_skip must be >= 0, got {train_skip}")
         self.save_hyperparameters(ignore=["task"])
         self.hparams["task"] = describe_task(task)
         self.task = task
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.train_limit, self.val_limit, self.seed = train_limit, val_limit, seed
+        self.train_limit, self.train_skip, self.val_limit, self.seed = train_limit, train_skip, val_limit, seed
         self.train_items: list[Problem] = []
         self.val_items: list[Problem] = []
         self.sampler: PromptSampler | None = None
@@ -110,9 +115,11 @@ class PromptDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.sampler is not None:
             return
-        self.train_items = flat_problems(self.task, "train", self.train_limit)
+        kept = flat_problems(self.task, "train")[self.train_skip:]
+        self.train_items = kept[:self.train_limit] if self.train_limit is not None else kept
         if not self.train_items:
-            raise ValueError("--data.task: the task's training split is empty")
+            raise ValueError(f"--data.task: the task's training split has no problem after --data.train_skip "
+                             f"{self.train_skip}")
         self.val_items = flat_problems(self.task, "val", self.val_limit)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.sampler = PromptSampler(len(self.train_items), self.seed, rank, world)

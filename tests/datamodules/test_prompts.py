@@ -48,6 +48,19 @@ def test_datamodule_draws_the_tasks_problems_and_restores_state():
     assert next(iter(resumed.train_dataloader())) == second
 
 
+def test_train_skip_leaves_out_the_problems_sft_used():
+    task = ArithmeticTask(num_train=20, num_val=0)
+    dm = PromptDataModule(task, batch_size=4, train_skip=15, train_limit=3)
+    dm.setup("fit")
+    assert dm.train_items == task.problems("train")["synthetic"][15:18]
+    drawn = {p.id for p in next(iter(dm.train_dataloader()))}
+    assert drawn <= {p.id for p in dm.train_items}
+    with pytest.raises(ValueError, match="no problem after --data.train_skip 20"):
+        PromptDataModule(task, train_skip=20).setup("fit")
+    with pytest.raises(ValueError, match="--data.train_skip must be >= 0"):
+        PromptDataModule(task, train_skip=-1)
+
+
 def test_bad_batch_size_names_the_flag():
     with pytest.raises(ValueError, match="--data.batch_size"):
         PromptDataModule(ArithmeticTask(), batch_size=0)
