@@ -159,13 +159,14 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 
 def across_checkpoints(summaries: Sequence[tuple[int, str, dict]]) -> dict:
-    """Rows (step, benchmark, scores) and, per benchmark, Pearson r across checkpoints of pass@1 against mean
-    backtracks and against mean length.
+    """Rows (step, benchmark, scores, the task's own verdicts when it has any) and, per benchmark, Pearson r across
+    checkpoints of pass@1 against mean backtracks and against mean length.
 
     Args:
         summaries: (step, checkpoint path, `astro eval` summary), sorted by step.
     """
-    rows = [{"step": step, "checkpoint": path, "benchmark": name, **{key: scores.get(key) for key in COLUMNS}}
+    rows = [{"step": step, "checkpoint": path, "benchmark": name, **{key: scores.get(key) for key in COLUMNS},
+             **({"task": scores["task"]} if scores.get("task") else {})}
             for step, path, summary in summaries for name, scores in summary["benchmarks"].items()]
     correlations = {}
     for name in dict.fromkeys(row["benchmark"] for row in rows):

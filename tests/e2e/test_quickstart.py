@@ -1,6 +1,7 @@
-"""The quickstart pipeline end to end, at toy size: the real configs/quickstart.yaml stages, each shrunk by
-extra flags appended to its command (later flags win), run through `astro pipeline` as subprocesses; its console
-stays short and free of library log lines, and it ends with the run's report.html."""
+"""The quickstart pipelines end to end, at toy size: the real stages of configs/graph_quickstart.yaml (what `make
+quickstart` runs) and configs/quickstart.yaml (arithmetic), each shrunk by extra flags appended to its command
+(later flags win), run through `astro pipeline` as subprocesses; the console stays short and free of library log
+lines, and the run ends with its report.html."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,19 +21,23 @@ SHRINK = {
     "model": ["--hidden_size", "64", "--num_attention_heads", "1", "--num_hidden_layers", "2",
               "--intermediate_size", "128"],
     "sft": ["--trainer.max_epochs", "1", "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1"],
-    "rl": ["--trainer.max_steps", "2", "--model.init_args.sampling.max_tokens", "24", "--data.init_args.batch_size",
-           "2", "--model.init_args.grpo.group_size", "2", "--model.init_args.grpo.dynamic_sampling", "false"],
+    "rl": ["--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", "--model.init_args.sampling.max_tokens",
+           "24", "--data.init_args.batch_size", "2", "--model.init_args.grpo.group_size", "2",
+           "--model.init_args.grpo.dynamic_sampling", "false"],
 }
+GRAPH_SHRINK = {"model": ["--num_attention_heads", "2", "--num_hidden_layers", "2", "--head_dim", "32"]}
 # library log lines: vLLM's "INFO 11-30 ...", Python warnings ("UserWarning: ..."), W&B's "wandb: ...", c10's "[W1130"
 LIBRARY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|WARN)\b|Warning:|^wandb:|^\[[WE]\d{4}|^\(\w+ pid=\d+\)")
 EVAL_SHRINK = ["--task.init_args.num_test", "3", "--num_samples", "2", "--max_tokens", "24", "--pass_at", "[1, 2]",
                "--maj_at", "[2]"]
 
 
-def test_quickstart_pipeline_runs_every_stage_and_reports(tmp_path):
-    config = yaml.safe_load((REPO / "configs/quickstart.yaml").read_text())
+@pytest.mark.parametrize("name", ["graph_quickstart", "quickstart"])
+def test_quickstart_pipeline_runs_every_stage_and_reports(tmp_path, name):
+    config = yaml.safe_load((REPO / f"configs/{name}.yaml").read_text())
+    shrink = SHRINK | (GRAPH_SHRINK if name == "graph_quickstart" else {})
     for stage in config["stages"]:
-        stage["command"] += EVAL_SHRINK if stage["command"][0] == "eval" else SHRINK.get(stage["name"], [])
+        stage["command"] += EVAL_SHRINK if stage["command"][0] == "eval" else shrink.get(stage["name"], [])
     small = tmp_path / "quickstart.yaml"
     small.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
@@ -45,9 +51,13 @@ def test_quickstart_pipeline_runs_every_stage_and_reports(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 1
     assert list(summary["stages"]) == [s["name"] for s in config["stages"]]
-    for name in ("untrained", "sft-eval", "rl-eval"):
-        assert 0.0 <= summary["stages"][name]["accuracy"] <= 1.0
-        assert summary["stages"][name]["mean_backtracks"] >= 0.0
+    for stage in ("sft-eval", "rl-eval", *(["untrained"] if name == "quickstart" else [])):
+        assert 0.0 <= summary["stages"][stage]["accuracy"] <= 1.0
+        assert summary["stages"][stage]["mean_backtracks"] >= 0.0
+    if name == "graph_quickstart":  # the task's own verdicts, and accuracy across the RL checkpoints
+        assert set(summary["stages"]["sft-eval"]["task"]) >= {"first_move_correct", "recovered", "false_yes"}
+        table = json.loads((out / "eval/checkpoints/checkpoints.json").read_text())
+        assert [row["step"] for row in table["rows"]] == [0, 2] and "recovered" in table["rows"][0]["task"]
     assert Path(summary["stages"]["search"]["artifacts"]["traces"]).stat().st_size > 0
     for stage in ("sft", "rl"):
         assert (Path(summary["stages"][stage]["artifacts"]["model"]) / "config.json").exists()
