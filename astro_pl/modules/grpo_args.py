@@ -46,6 +46,10 @@ class GRPOArgs:
     """Drop groups whose rewards are all equal and draw more prompts (DAPO)."""
     max_extra_draws: int = 4
     """Most extra prompt batches drawn per step by dynamic sampling; then train on what was kept."""
+    max_idle_steps: int | None = 20
+    """Stop with an error after this many rollout steps in a row that kept no group (every sample of every prompt
+    scored alike: the prompts are too easy or too hard for this policy). Such steps update nothing, so a run bounded
+    by `trainer.max_steps` would never end. None: never stop (bound the run by `trainer.limit_train_batches`)."""
     mask_truncated: bool = False
     """Leave completions cut off at max_tokens out of the loss (DAPO's overlong filtering)."""
     tis_cap: float | None = None
@@ -100,6 +104,7 @@ class GRPOArgs:
             (0 <= self.seq_is_low < self.seq_is_high,
              "--model.grpo.seq_is_low must be >= 0 and below --model.grpo.seq_is_high"),
             (self.max_extra_draws >= 0, "--model.grpo.max_extra_draws must be >= 0"),
+            (self.max_idle_steps is None or self.max_idle_steps >= 1, "--model.grpo.max_idle_steps must be >= 1"),
             (self.tis_cap is None or self.tis_cap > 0, "--model.grpo.tis_cap must be > 0 (or null)"),
             (self.epochs >= 1, "--model.grpo.epochs must be >= 1"),
             (self.mini_batches >= 1, "--model.grpo.mini_batches must be >= 1"),

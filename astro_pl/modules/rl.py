@@ -36,7 +36,7 @@ import torch.distributed as dist
 from typing_extensions import override
 
 from astro_pl.data.problems import Problem
-from astro_pl.errors import check_model_path
+from astro_pl.errors import UsageError, check_model_path
 from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
 from astro_pl.loading import resolve_dtype
 from astro_pl.modules.collectives import all_reduce_scalar, ranks_per_engine
@@ -169,6 +169,7 @@ class RLModule(L.LightningModule):
         self.engine: RolloutEngine | None = None
         self.tokenizer = None
         self.rollout_step = 0  # rollout batches done (optimiser steps are trainer.global_step)
+        self._idle_steps = 0  # rollout steps in a row that kept no group (grpo.max_idle_steps)
         self._version = 0  # bumped by every optimiser step
         self._synced_version: int | None = None
         self._engine_attached = False
@@ -311,6 +312,12 @@ class RLModule(L.LightningModule):
         t1 = time.perf_counter()
         if groups:
             metrics.update(self._update(groups, step))
+        self._idle_steps = 0 if groups else self._idle_steps + 1
+        if self.grpo.max_idle_steps is not None and self._idle_steps >= self.grpo.max_idle_steps:
+            raise UsageError(f"RL stopped at rollout step {step}: {self._idle_steps} steps in a row kept no group "
+                             f"whose samples scored differently (reward/mean {metrics['reward/mean']:+.2f}), so nothing "
+                             "was learnt; the prompts are too easy or too hard for this policy (astro select-prompts "
+                             "picks them by pass rate), or raise --model.grpo.max_idle_steps")
         metrics["time/train_s"] = time.perf_counter() - t1
         metrics["time/step_s"] = time.perf_counter() - t0
         self.rollout_step += 1

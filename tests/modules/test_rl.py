@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from astro_pl.datamodules.prompts import PromptDataModule
+from astro_pl.errors import UsageError
 from astro_pl.loading import load_tokenizer
 from astro_pl.modules.rl import GRPOArgs, RLModule, RolloutFailure
 from astro_pl.rollout.base import Completion, EngineArgs, SamplingArgs
@@ -182,6 +183,16 @@ def test_dynamic_sampling_draws_more_and_reports_drops(tiny_model_dir, tmp_path)
     dropped = sum(engine.all_equal) / len(engine.all_equal)
     assert dropped > 0 and m["rollout/groups_dropped_frac"].item() == pytest.approx(dropped)
     assert engine.calls >= 2 and data.sampler.position == 2 * engine.calls
+
+
+def test_steps_that_keep_no_group_stop_the_run_with_a_clear_error(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    engine = ScriptedEngine(tokenizer, p_right=1.0)  # every sample right: no group has a signal
+    module, data, trainer, engine = make(tiny_model_dir, tmp_path, engine=engine, max_steps=1,
+                                         grpo={"dynamic_sampling": True, "max_extra_draws": 1, "max_idle_steps": 3})
+    with pytest.raises(UsageError, match=r"RL stopped at rollout step 2: 3 steps in a row kept no group .* \+1\.00"):
+        trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 0 and engine.calls == 6  # 3 steps x (1 draw + 1 extra)
 
 
 class PoisonWeightAt(L.Callback):
