@@ -316,8 +316,8 @@ class RLModule(L.LightningModule):
         if self.grpo.max_idle_steps is not None and self._idle_steps >= self.grpo.max_idle_steps:
             raise UsageError(f"RL stopped at rollout step {step}: {self._idle_steps} steps in a row kept no group "
                              f"whose samples scored differently (reward/mean {metrics['reward/mean']:+.2f}), so "
-                             "nothing was learnt; the prompts are too easy or too hard for this policy (astro select-prompts "
-                             "picks them by pass rate), or raise --model.grpo.max_idle_steps")
+                             "nothing was learnt; the prompts are too easy or too hard for this policy (astro "
+                             "select-prompts picks them by pass rate), or raise --model.grpo.max_idle_steps")
         metrics["time/train_s"] = time.perf_counter() - t1
         metrics["time/step_s"] = time.perf_counter() - t0
         self.rollout_step += 1
