@@ -109,7 +109,9 @@ class TraceDataModule(L.LightningDataModule):
         loss_on: "all" tokens (ASTRO) or the "assistant" turn only.
         max_seq_len: Longest example, and the row length when packing.
         overflow: Over-long examples are "truncate"d to max_seq_len or "drop"ped; both are counted in the log.
-        packing: Pack examples into rows of max_seq_len; false pads length-grouped batches instead.
+        packing: Pack examples into rows of max_seq_len; false pads batches instead.
+        group_by_length: Without packing, batch examples of similar length (little padding). False mixes lengths:
+            where length follows the trace kind (direct vs with backtracks), grouped batches hold one kind each.
         batch_size: Rows (packing) or examples (padding) per device per step.
         shuffle: Shuffle the training batches each epoch (deterministically, from `seed`).
         seed: Seed of the shuffle; epoch e uses seed + e.
@@ -135,6 +137,7 @@ class TraceDataModule(L.LightningDataModule):
         max_seq_len: int = 8192,
         overflow: Literal["truncate", "drop"] = "truncate",
         packing: bool = True,
+        group_by_length: bool = True,
         batch_size: int = 8,
         shuffle: bool = True,
         seed: int = 0,
@@ -155,7 +158,7 @@ class TraceDataModule(L.LightningDataModule):
         self.problem_field, self.solution_field, self.system_prompt = problem_field, solution_field, system_prompt
         self.loss_on, self.max_seq_len, self.overflow, self.packing = loss_on, max_seq_len, overflow, packing
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.num_workers, self.cache_dir = num_workers, cache_dir
+        self.num_workers, self.cache_dir, self.group_by_length = num_workers, cache_dir, group_by_length
         if max_train_examples is not None and max_train_examples < 1:
             raise ValueError(f"--data.max_train_examples must be >= 1, got {max_train_examples}")
         self.max_train_examples = max_train_examples
@@ -265,7 +268,7 @@ class TraceDataModule(L.LightningDataModule):
                 return collate_packed([[examples[i] for i in row] for row in rows], self.tokenizer.pad_token_id)
         else:
             units = [[i] for i in range(len(examples))]
-            grouped = lengths if shuffle else None
+            grouped = lengths if shuffle and self.group_by_length else None
             sampler = EpochBatchSampler(units, self.batch_size, rank, world, self.seed, shuffle, self.drop_last,
                                         grouped_lengths=grouped)
 
