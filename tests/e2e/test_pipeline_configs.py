@@ -25,7 +25,7 @@ def runs() -> list[tuple[str, dict, dict]]:
         if "arms" in config:
             for arm, spec in config["arms"].items():
                 pipeline = yaml.safe_load((REPO / spec["config"]).read_text())
-                found.append((f"{path.stem}.{arm}", pipeline, pipeline.get("variables", {}) | spec["variables"]))
+                found.append((f"{path.stem}.{arm}", pipeline, pipeline.get("variables", {}) | spec.get("variables", {})))
         else:
             found.append((path.stem, config, config.get("variables", {})))
     return found
