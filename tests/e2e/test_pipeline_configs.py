@@ -25,7 +25,8 @@ def runs() -> list[tuple[str, dict, dict]]:
         if "arms" in config:
             for arm, spec in config["arms"].items():
                 pipeline = yaml.safe_load((REPO / spec["config"]).read_text())
-                found.append((f"{path.stem}.{arm}", pipeline, pipeline.get("variables", {}) | spec.get("variables", {})))
+                variables = pipeline.get("variables", {}) | spec.get("variables", {})
+                found.append((f"{path.stem}.{arm}", pipeline, variables))
         else:
             found.append((path.stem, config, config.get("variables", {})))
     return found
