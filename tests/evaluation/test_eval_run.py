@@ -27,7 +27,7 @@ from astro_pl.tasks import ArithmeticTask, MathTask
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_KEYS = {"benchmark", "problem_id", "index", "sample", "gold", "answer", "correct", "backtracks", "reflections",
-               "grounded_backtracks", "length", "finish_reason", "text"}
+               "grounded_backtracks", "length", "finish_reason", "task", "text"}
 
 
 # two problem sets of one task, each reported by its name
@@ -49,6 +49,7 @@ def check_outputs(out_dir: Path, summary: dict, num_problems: dict[str, int], k:
     records = read_jsonl(out_dir / "samples.jsonl")
     assert len(records) == k * sum(num_problems.values())
     assert all(set(r) == RECORD_KEYS for r in records)
+    assert all(r["task"] == {} for r in records)  # this task has no verdicts of its own (Task.judge's default)
     assert [r["benchmark"] for r in records[::k]] == [b for b, n in num_problems.items() for _ in range(n)]
     assert all(0 < r["length"] <= 32 and isinstance(r["text"], str) for r in records)
     assert json.loads((out_dir / "summary.json").read_text()) == summary
