@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 
 from astro_pl.errors import UsageError
@@ -58,11 +59,11 @@ def run_ablation(args: AblationArgs) -> str:
     pipelines = {name: parse_dataclass(PipelineArgs, "astro pipeline", "", ["--config", arm.config])
                  for name, arm in args.arms.items()}
     total, start = len(args.seeds) * len(pipelines), time.perf_counter()
-    for i, (seed, (arm, pipeline)) in enumerate(
-            ((seed, item) for seed in args.seeds for item in pipelines.items()), start=1):
+    for i, (seed, arm) in enumerate(product(args.seeds, pipelines), start=1):
         run_dir = Path(args.output_dir) / f"{arm}-seed{seed}"
         print(f"\n##### ablation run {i}/{total}: {arm}, seed {seed} -> {run_dir} "
               f"({time.perf_counter() - start:.0f} s so far)", flush=True)
+        pipeline = pipelines[arm]
         run_pipeline(pipeline.stages, str(run_dir), seed, variables=pipeline.variables | args.arms[arm].variables)
         write_run_report(str(run_dir))
     table = compare_runs(args.output_dir)

@@ -279,8 +279,7 @@ def compare_runs(root: str | Path) -> str:
                for name, result in run["stages"].items() if "accuracy" in result]  # unfinished runs too
     stages = list(dict.fromkeys(name for _, _, name, _ in results))
     task_keys = list(dict.fromkeys(key for *_, result in results for key in result.get("task", {})))
-    columns = [*((key, title, scale, digits) for key, title, scale, digits in COMPARED),
-               *((f"task.{key}", key, 1.0, 2) for key in task_keys)]
+    columns = [*COMPARED, *((f"task.{key}", key, 1.0, 2) for key in task_keys)]
     lines = ["| arm | stage | seeds | " + " | ".join(title for _, title, _, _ in columns) + " |",
              "|---|---|---:|" + "---:|" * len(columns)]
     for arm in arms:

@@ -99,8 +99,9 @@ class PromptDataModule(L.LightningDataModule):
         for flag, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
             if value < 1:
                 raise ValueError(f"--data.{flag} must be >= 1, got {value}")
-        if train_skip < 0:
-            raise ValueError(f"--data.train_skip must be >= 0, got {train_skip}")
+        for flag, value in (("train_skip", train_skip), ("train_limit", train_limit or 0)):
+            if value < 0:
+                raise ValueError(f"--data.{flag} must be >= 0, got {value}")
         self.save_hyperparameters(ignore=["task"])
         self.hparams["task"] = describe_task(task)
         self.task = task
@@ -115,8 +116,7 @@ class PromptDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.sampler is not None:
             return
-        kept = flat_problems(self.task, "train")[self.train_skip:]
-        self.train_items = kept[:self.train_limit] if self.train_limit is not None else kept
+        self.train_items = flat_problems(self.task, "train")[self.train_skip:][:self.train_limit]
         if not self.train_items:
             raise ValueError(f"--data.task: the task's training split has no problem after --data.train_skip "
                              f"{self.train_skip}")
