@@ -25,23 +25,32 @@ def to_line(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def read_jsonl(path: str | Path, missing_ok: bool = True) -> list[dict]:
+def read_jsonl(path: str | Path, missing_ok: bool = True, torn_tail_ok: bool = False) -> list[dict]:
     """Records of a JSONL file ([] for a missing one when `missing_ok`); a bad line raises naming file and line."""
+    return [record for _, record in numbered_records(path, missing_ok, torn_tail_ok)]
+
+
+def numbered_records(path: str | Path, missing_ok: bool = True, torn_tail_ok: bool = False) -> list[tuple[int, dict]]:
+    """(line number, record) of each non-blank line, so a caller checking fields can name the line. With
+    `torn_tail_ok`, a last line without its newline that does not parse (a writer killed mid-line, or a training
+    run's metrics file read while it runs) is skipped instead of raising."""
     path = Path(path)
     if missing_ok and not path.exists():
         return []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{path}:{lineno}: not a JSON record ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise UsageError(f"{path}:{lineno}: not a JSON object")
-            records.append(record)
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if torn_tail_ok and lineno == len(lines) and not line.endswith("\n"):
+                break
+            raise UsageError(f"{path}:{lineno}: not a JSON record ({err.msg})") from err
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}:{lineno}: not a JSON object")
+        records.append((lineno, record))
     return records
 
 

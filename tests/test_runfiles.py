@@ -72,3 +72,14 @@ def test_claim_refuses_a_second_writer_and_frees_on_exit(tmp_path):
         proc.wait()
     with claim(tmp_path / "run"):  # the kernel dropped the killed holder's lock
         pass
+
+
+def test_read_jsonl_skips_a_torn_last_line_only_when_asked(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1, "x"')  # a writer killed mid-line
+    assert read_jsonl(path, torn_tail_ok=True) == [{"step": 0}]
+    with pytest.raises(UsageError, match=r"m\.jsonl:2: not a JSON record"):
+        read_jsonl(path)
+    path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')  # a bad line before the end is never skipped
+    with pytest.raises(UsageError, match=r"m\.jsonl:2: not a JSON record"):
+        read_jsonl(path, torn_tail_ok=True)

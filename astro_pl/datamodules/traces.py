@@ -34,6 +34,7 @@ from astro_pl.datamodules.packing import (
 )
 from astro_pl.errors import check_model_path
 from astro_pl.loading import load_tokenizer
+from astro_pl.runfiles import numbered_records
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,12 @@ TRACES_FILENAME = "traces.jsonl"  # what `astro search` writes into its --output
 def read_examples(path: str | Path, problem_field: str, solution_field: str) -> list[tuple[str, str]]:
     """(problem, solution) pairs of a JSONL file; a bad line raises an error naming the file, line and field."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            for name in (problem_field, solution_field):
-                if not isinstance(record.get(name), str):
-                    found = "missing" if name not in record else f"a {type(record[name]).__name__}"
-                    raise ValueError(f"{path}:{line_no}: field {name!r} must be a string, is {found}")
-            pairs.append((record[problem_field], record[solution_field]))
+    for line_no, record in numbered_records(path, missing_ok=False):
+        for name in (problem_field, solution_field):
+            if not isinstance(record.get(name), str):
+                found = "missing" if name not in record else f"a {type(record[name]).__name__}"
+                raise ValueError(f"{path}:{line_no}: field {name!r} must be a string, is {found}")
+        pairs.append((record[problem_field], record[solution_field]))
     if not pairs:
         raise ValueError(f"{path}: no examples")
     return pairs

@@ -21,6 +21,7 @@ from pathlib import Path
 from astro_pl.evaluation.backtracks import DEFAULT_BACKTRACK_PHRASES, DEFAULT_REFLECTION_PHRASES
 from astro_pl.evaluation.svg_charts import bar_chart_svg, line_chart_svg
 from astro_pl.modules.metrics_file import METRICS_FILENAME
+from astro_pl.runfiles import read_jsonl
 from astro_pl.search.tree import read_trees
 from astro_pl.search.view import render_tree
 
@@ -53,26 +54,6 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; } .meta { color:
 .sample pre { white-space: pre-wrap; font-size: 12px; max-height: 320px; overflow: auto; margin: 4px 0 0; }
 mark.backtrack { background: #ffd28a; } mark.reflection { background: #bfe3ff; }
 """
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The objects of a JSONL file; a torn last line (a writer killed mid-line) is skipped, any other bad line
-    raises an error naming the file and line."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    rows = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            if lineno == len(lines) and not line.endswith("\n"):
-                break
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
 
 
 def metric_curves(rows: list[dict]) -> dict[str, list[tuple[float, float]]]:
@@ -206,7 +187,7 @@ def training_sections(run_dir: Path, stage_names: list[str]) -> list[str]:
     sections = []
     for path in sorted(files, key=order):
         label = path.parent.relative_to(run_dir).as_posix()
-        curves = metric_curves(read_jsonl(path))
+        curves = metric_curves(read_jsonl(path, torn_tail_ok=True))
         charts = [line_chart_svg(f"{label}: {title}", {label: curves[key]}, "step", title)
                   for title, key in CURVES if curves.get(key)]
         if charts:
@@ -261,7 +242,7 @@ def build_report(run_dir: Path, out: Path, num_trees: int, samples_per_kind: int
             continue
         eval_summaries[name] = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         if (folder / "samples.jsonl").is_file():
-            samples.append(samples_section(name, read_jsonl(folder / "samples.jsonl"),
+            samples.append(samples_section(name, read_jsonl(folder / "samples.jsonl", missing_ok=False),
                                            eval_summaries[name].get("settings", {}), samples_per_kind))
     trees = next((resolve(r["artifacts"]["trees"], run_dir) for r in stages.values()
                   if r.get("artifacts", {}).get("trees")), None)

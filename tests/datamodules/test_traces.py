@@ -80,11 +80,11 @@ def test_read_examples_names_file_line_and_field(tmp_path):
     bad.write_text('{"problem": "x", "trace": "y"}\n{"problem": "x", "trace": 3}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'trace' must be a string, is a int"):
         read_examples(bad, "problem", "trace")
-    bad.write_text('{"problem": "x"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'trace' must be a string, is missing"):
+    bad.write_text('\n{"problem": "x"}\n')  # the blank line counts: the error names the file's line
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'trace' must be a string, is missing"):
         read_examples(bad, "problem", "trace")
     bad.write_text("{oops\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not a JSON record"):
         read_examples(bad, "problem", "trace")
 
 
