@@ -3,6 +3,7 @@
     astro search     --config configs/search/<name>.yaml   MCTS trees + ASTRO traces   (astro_pl.search.run)
     astro view-tree  TREES.jsonl --index i --out tree.html   one tree as an HTML page   (astro_pl.search.view)
     astro tiny-model --texts traces.jsonl --out DIR           tokenizer + tiny Llama (astro_pl.modules.tiny_llama)
+    astro pad-heads  --model DIR --out DIR --head_dim 32      heads vLLM runs, same logits (modules.head_padding)
     astro fit|validate|test --config configs/<stage>/<name>.yaml   LightningCLI: SFT / RL (astro_pl.training_cli)
     astro eval       --config configs/eval/<name>.yaml      benchmarks and analysis     (astro_pl.evaluation.run)
     astro pipeline   --config configs/quickstart.yaml       search -> SFT -> RL -> eval  (astro_pl.pipeline)
@@ -30,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "search": ("astro_pl.search.run", "main", "run MCTS over problems and write trees and ASTRO traces"),
     "view-tree": ("astro_pl.search.view", "main", "render one search tree as a self-contained HTML page"),
     "tiny-model": ("astro_pl.modules.tiny_llama", "main", "fit a tokenizer on traces and write a tiny Llama"),
+    "pad-heads": ("astro_pl.modules.head_padding", "main",
+                  "zero-pad a model's attention heads to a size vLLM runs, with the same logits"),
     "fit": ("astro_pl.training_cli", "main", "train (SFT or RL) with LightningCLI"),
     "validate": ("astro_pl.training_cli", "main", "validate a LightningModule with LightningCLI"),
     "test": ("astro_pl.training_cli", "main", "test a LightningModule with LightningCLI"),
