@@ -48,4 +48,9 @@ def render_prompt(tokenizer, problem: str, system_prompt: str | None = None, ena
 
 def render_example(tokenizer, problem: str, response: str, system_prompt: str | None = None) -> tuple[str, str]:
     """(prompt, completion) text of a training example; the completion ends with the EOS token."""
-    return render_prompt(tokenizer, problem, system_prompt), response + (tokenizer.eos_token or "")
+    return render_prompt(tokenizer, problem, system_prompt), render_completion(tokenizer, response)
+
+
+def render_completion(tokenizer, response: str) -> str:
+    """The completion text of a training example: the response, then the EOS token."""
+    return response + (tokenizer.eos_token or "")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from astro_pl.data.chat import render_example
 from astro_pl.datamodules.packing import (
     IGNORE_INDEX,
     EpochBatchSampler,
@@ -16,7 +17,8 @@ from astro_pl.datamodules.packing import (
     pack_best_fit,
     shard_batches,
 )
-from astro_pl.datamodules.traces import TraceDataModule, read_examples
+from astro_pl.datamodules.traces import TraceDataModule, read_examples, tokenize_examples
+from astro_pl.loading import load_tokenizer
 
 
 def write_traces(path: Path, n: int = 40, seed: int = 0) -> Path:
@@ -93,7 +95,7 @@ def test_tokenises_once_into_a_cache_keyed_by_settings(tiny_model_dir, traces, m
     caches = list((traces.parent / ".astro_cache").glob("*.pt"))
     assert len(caches) == 1
     # a second DataModule with the same settings reads the cache instead of tokenising
-    monkeypatch.setattr("astro_pl.datamodules.traces.tokenize_example", lambda *a: pytest.fail("re-tokenised"))
+    monkeypatch.setattr("astro_pl.datamodules.traces.tokenize_examples", lambda *a: pytest.fail("re-tokenised"))
     again = make_dm(tiny_model_dir, traces, max_seq_len=256)
     assert [e["input_ids"].tolist() for e in again.datasets["train"]] == [
         e["input_ids"].tolist() for e in dm.datasets["train"]
@@ -185,3 +187,19 @@ def test_max_train_examples_takes_a_seeded_subset(tiny_model_dir, traces):
     assert len(subset) == 15 and first.stats["train/examples"] == 15
     assert subset == [e["input_ids"].tolist() for e in again.datasets["train"]]
     assert all(ex in every for ex in subset) and subset != every[:15]
+
+
+def test_chunked_tokenising_matches_one_example_at_a_time(tiny_model_dir, monkeypatch):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    # repeated problems (their prompt is rendered once) across chunk boundaries (chunks of 3)
+    pairs = [(f"Evaluate {i % 4} + 1.", f"Compute {i % 4} + 1 = {i % 4 + 1}.") for i in range(8)]
+    monkeypatch.setattr("astro_pl.datamodules.traces.TOKENIZE_CHUNK", 3)
+    for loss_on in ("assistant", "all"):
+        expected = []
+        for problem, solution in pairs:
+            prompt, completion = render_example(tokenizer, problem, solution, "Be brief.")
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+            labels = [IGNORE_INDEX] * len(prompt_ids) if loss_on == "assistant" else prompt_ids
+            expected.append((prompt_ids + completion_ids, labels + completion_ids))
+        assert list(tokenize_examples(tokenizer, pairs, "Be brief.", loss_on)) == expected
