@@ -317,7 +317,8 @@ class GraphTask(Task):
 # Judging responses: whether a response really searches (`GraphTask.judge`, reported by `astro eval`). Read off the
 # moves "a>b" a response writes, independent of the trace's reflection phrases:
 # - first move: the node of the first move is the gold path's second node (needs look-ahead; chance is 1/arms);
-# - dead-end calls: a move saying "dead" is grounded when it follows a prompt edge to a node without outgoing edge;
+# - dead-end calls: a move saying "dead" is grounded when it follows a prompt edge to a node without outgoing edge
+#   other than the goal;
 # - first attempt: the moves before the first one that does not continue from the last node (a jump back is a
 #   backtrack); it is wrong unless it walks from the start to the goal along prompt edges;
 # - recovery: the first attempt is wrong and the final answer is a valid path;
@@ -345,9 +346,11 @@ def first_move_correct(graph: Graph, text: str) -> bool:
 
 def dead_end_calls(graph: Graph, text: str) -> list[bool]:
     """One entry per "dead" the response says: True (grounded) when its move is a prompt edge and the node it
-    reaches has no outgoing edge (a made-up move or node is no evidence of a check)."""
+    reaches has no outgoing edge and is not the goal (a made-up move or node is no evidence of a check, and "dead"
+    at the goal is a missed success)."""
     edges = set(graph.edges)
-    return [(m.source, m.target) in edges and not graph.successors(m.target) for m in moves(text) if m.dead]
+    return [(m.source, m.target) in edges and not graph.successors(m.target) and m.target != graph.goal
+            for m in moves(text) if m.dead]
 
 
 def first_attempt(graph: Graph, text: str) -> list[int]:

@@ -137,6 +137,8 @@ def test_response_metrics_on_hand_made_traces():
     assert (v["first_attempt_wrong"], v["recovered"], v["false_yes"]) == (True, True, False)
     assert dead_end_calls(HAND, search) == [True] and v["grounded_dead_share"] == 1.0
     assert dead_end_calls(HAND, "97>57\n\n57>40 dead") == [False]   # 40 has no successor, but 57>40 is no edge
+    # the goal has no successor either, but "dead" there is a missed success (a sample seen after SFT)
+    assert dead_end_calls(HAND, "97>98\n\n98>77\n\n77>71 dead") == [False]
     # an ungrounded "dead" (77 goes on to 71), then a jump that claims a path through a missing edge
     liar = "97>98\n\n98>77 dead\n\nback to start\n\n97>57\n\n57>71 \\boxed{97 57 71}"
     v = judge_response(HAND, liar, task.extract_answer(liar))
