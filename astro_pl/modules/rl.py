@@ -37,6 +37,7 @@ from typing_extensions import override
 
 from astro_pl.data.problems import Problem
 from astro_pl.errors import UsageError, check_model_path
+from astro_pl.evaluation.backtracks import DEFAULT_BACKTRACK_PHRASES
 from astro_pl.evaluation.metrics import MeanBacktracks, MeanResponseLength, PassAtK
 from astro_pl.loading import resolve_dtype
 from astro_pl.modules.collectives import all_reduce_scalar, ranks_per_engine
@@ -95,6 +96,8 @@ class RLModule(L.LightningModule):
         seed: Seeds sampling and mini-batch shuffling (with the step), so reruns and resumes repeat exactly.
         engine_group_size: Consecutive ranks that share one engine and so submit identical requests; None
             derives it from `engine_args` (`tensor_parallel_size` under vLLM's `external_launcher`, else 1).
+        backtrack_phrases: Phrases `rollout/backtracks` counts, as `astro eval --backtrack_phrases` (the graph
+            task's traces say "restart." and "back to"); None: eval's default.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class RLModule(L.LightningModule):
         lora: LoraArgs | None = None,
         seed: int = 0,
         engine_group_size: int | None = None,
+        backtrack_phrases: list[str] | None = None,
     ):
         super().__init__()
         if sync_bucket_mb <= 0:
@@ -157,6 +161,7 @@ class RLModule(L.LightningModule):
         self.hparams["lora"] = dataclasses.asdict(lora) if lora else None
         self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
         self.sleep_engine, self.use_fsdp, self.seed = sleep_engine, fsdp, seed
+        self.backtrack_phrases = list(backtrack_phrases or DEFAULT_BACKTRACK_PHRASES)
         self.gradient_checkpointing, self.fused_kernels = gradient_checkpointing, fused_kernels
         self.engine_group_size = engine_group_size or ranks_per_engine(self.engine_args)
         if self.engine_group_size < 1:
@@ -174,7 +179,8 @@ class RLModule(L.LightningModule):
         self._synced_version: int | None = None
         self._engine_attached = False
         self.last_rollout: GroupBuffer | None = None
-        self.val_pass1, self.val_length, self.val_backtracks = PassAtK(k=1), MeanResponseLength(), MeanBacktracks()
+        self.val_pass1, self.val_length, self.val_backtracks = (PassAtK(k=1), MeanResponseLength(),
+                                                                MeanBacktracks(self.backtrack_phrases))
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -305,7 +311,7 @@ class RLModule(L.LightningModule):
         kept = int(all_reduce_scalar(len(rollouts.buffer), "min"))
         groups = rollouts.buffer.groups[: min(kept, rollouts.wanted)]
         correct = next((fn for fn in self.rewards if reward_name(fn) == "correct"), None)
-        metrics = rollout_metrics(rollouts, len(groups), getattr(correct, "correct", None))
+        metrics = rollout_metrics(rollouts, len(groups), getattr(correct, "correct", None), self.backtrack_phrases)
         # prompts this rank's engine generated for: its group's (every rank draws the same number)
         metrics["rollout/engine_prompts"] = float(rollouts.buffer.drawn * self.engine_group_size)
         metrics["time/sync_s"] = sync_s

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from astro_pl.data.problems import Problem
-from astro_pl.evaluation.backtracks import count_backtracks
+from astro_pl.evaluation.backtracks import DEFAULT_BACKTRACK_PHRASES, count_backtracks
 from astro_pl.modules.advantages import dynamic_sampling_mask
 from astro_pl.modules.collectives import all_reduce_scalar, generate_shared
 from astro_pl.modules.experience import Group, GroupBuffer
@@ -117,7 +117,8 @@ def collect_rollouts(engine: RolloutEngine, next_problems: Callable[[], list[Pro
     return Rollouts(buffer, values, generate_s, reward_s, wanted)
 
 
-def rollout_metrics(rollouts: Rollouts, kept: int, correct_reward: float | None = None) -> dict[str, float]:
+def rollout_metrics(rollouts: Rollouts, kept: int, correct_reward: float | None = None,
+                    backtrack_phrases: Sequence[str] = DEFAULT_BACKTRACK_PHRASES) -> dict[str, float]:
     """The step's rollout numbers, over everything sampled (before dynamic sampling dropped any group)."""
     buffer = rollouts.buffer
     sampled = buffer.sampled
@@ -132,7 +133,7 @@ def rollout_metrics(rollouts: Rollouts, kept: int, correct_reward: float | None 
         "rollout/groups_kept": float(kept),
         "rollout/response_len": tokens / count,
         "rollout/truncated_frac": sum(c.finish_reason == "length" for c in completions) / count,
-        "rollout/backtracks": sum(count_backtracks(c.text) for c in completions) / count,
+        "rollout/backtracks": sum(count_backtracks(c.text, backtrack_phrases) for c in completions) / count,
         "rollout/tokens_per_s": tokens / max(rollouts.generate_s, 1e-9),
         "time/generate_s": rollouts.generate_s,
         "time/reward_s": rollouts.reward_s,

@@ -66,3 +66,11 @@ def test_without_dynamic_sampling_one_draw_and_weighted_rewards():
     metrics = rollout_metrics(out, kept=1, correct_reward=1.0)
     assert metrics["rollout/truncated_frac"] == 0.5 and metrics["reward/accuracy"] == 0.5
     assert metrics["reward/correct"] == 0.0 and metrics["reward/overlong"] == -0.5 and metrics["reward/mean"] == -0.25
+
+
+def test_rollout_backtracks_count_the_phrases_they_are_given():
+    engine = AnswerEngine([[["74>97 dead\n\nrestart.\n\n74>83 \\boxed{1}", "restart. restart. \\boxed{1}"]]])
+    out = collect_rollouts(engine, lambda: problems("1"), render, SamplingArgs(n=2), lambda d: 0, [TaskCorrectness()],
+                           [1.0], TASK)
+    assert rollout_metrics(out, kept=1)["rollout/backtracks"] == 0.0  # the default phrases are not the graph's
+    assert rollout_metrics(out, kept=1, backtrack_phrases=["restart."])["rollout/backtracks"] == 1.5
