@@ -298,6 +298,8 @@ class RLModule(L.LightningModule):
         try:
             sync_s = self._sync()
             rollouts = self._collect(dataloader_iter, step)
+        except StopIteration:
+            raise  # the prompts ran out: Lightning ends the epoch (every rank draws alike, so all at once)
         except Exception as error:  # noqa: BLE001 - reported with a checkpoint, then re-raised
             failed = 1.0
             cause = error

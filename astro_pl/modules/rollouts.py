@@ -95,7 +95,12 @@ def collect_rollouts(engine: RolloutEngine, next_problems: Callable[[], list[Pro
     generate_s = reward_s = 0.0
     wanted = 0
     for draw in range(max_extra_draws + 1 if dynamic_sampling else 1):
-        problems = next_problems()
+        try:
+            problems = next_problems()
+        except StopIteration:
+            if draw == 0:
+                raise  # no prompts left: the epoch ends
+            break  # they ran out during the extra draws: the step trains on the groups kept so far
         wanted = wanted or len(problems)
         prompts, prompt_ids = render(problems)
         start = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from astro_pl.data.problems import Problem
 from astro_pl.modules.rollouts import collect_rollouts, reward_columns, rollout_metrics
 from astro_pl.rewards.functions import OverlongPenalty, TaskCorrectness
@@ -54,6 +56,19 @@ def test_dynamic_sampling_draws_until_enough_mixed_groups():
     assert engine.seeds == [100, 101] and out.wanted == 2
     assert [g.answer for g in out.buffer.groups] == ["1", "3"] and out.buffer.drawn == 4 and out.buffer.dropped == 2
     assert out.reward_values["correct"] == [1.0, -1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0]
+
+
+def test_prompts_running_out_during_extra_draws_end_the_draws_not_the_run():
+    # draw 0: one mixed group of two wanted; the loader is exhausted before the extra draw (a run bounded by
+    # limit_train_batches): the step keeps what it has, and a step that can draw nothing ends the epoch
+    draws = iter([problems("1", "2")])
+    engine = AnswerEngine([[["\\boxed{1}", "\\boxed{9}"], ["\\boxed{2}", "\\boxed{2}"]]])
+    out = collect_rollouts(engine, lambda: next(draws), render, SamplingArgs(n=2), lambda d: d,
+                           [TaskCorrectness()], [1.0], TASK, dynamic_sampling=True, max_extra_draws=5)
+    assert [g.answer for g in out.buffer.groups] == ["1"] and out.wanted == 2 and out.buffer.drawn == 2
+    with pytest.raises(StopIteration):
+        collect_rollouts(engine, lambda: next(draws), render, SamplingArgs(n=2), lambda d: d,
+                         [TaskCorrectness()], [1.0], TASK, dynamic_sampling=True, max_extra_draws=5)
 
 
 def test_without_dynamic_sampling_one_draw_and_weighted_rewards():
