@@ -32,8 +32,9 @@ quickstart: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# Two workers (pytest-xdist): a run in one worker averaged about one busy core of this 2-core machine.
 test: $(STAMP) browser
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 --dist worksteal tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check astro_pl tests bench
