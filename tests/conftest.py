@@ -24,6 +24,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("ASTRO_DATA_DIR", str(SHARED_DATA))
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service():
+    """A W&B run in this process records its service in WANDB_SERVICE, and a child `astro` run that inherits it logs
+    through that service (its files land elsewhere, or the run fails once the service is gone). Under pytest-xdist
+    any test may follow an in-process W&B test, so every test starts without it."""
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     assert SHARED_DATA.is_dir(), f"benchmark data folder missing: {SHARED_DATA}"
