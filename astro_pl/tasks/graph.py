@@ -317,6 +317,8 @@ class GraphTask(Task):
 # Judging responses: whether a response really searches (`GraphTask.judge`, reported by `astro eval`). Read off the
 # moves "a>b" a response writes, independent of the trace's reflection phrases:
 # - first move: the node of the first move is the gold path's second node (needs look-ahead; chance is 1/arms);
+# - look-ups: a move leaving a node other than the start follows a prompt edge (the edge look-up every step of a
+#   search needs; a model that copies node ids from the prompt without it is right about 1 time in 9);
 # - dead-end calls: a move saying "dead" is grounded when it follows a prompt edge to a node without outgoing edge
 #   other than the goal;
 # - first attempt: the moves before the first one that does not continue from the last node (a jump back is a
@@ -353,6 +355,13 @@ def dead_end_calls(graph: Graph, text: str) -> list[bool]:
             for m in moves(text) if m.dead]
 
 
+def edge_lookups(graph: Graph, text: str) -> list[bool]:
+    """One entry per move leaving a node other than the start: True when it follows a prompt edge. On a path-star
+    graph such a move is a look-up, not a choice, so this tells a learnt look-up from the shape of a search."""
+    edges = set(graph.edges)
+    return [(m.source, m.target) in edges for m in moves(text) if m.source != graph.start]
+
+
 def first_attempt(graph: Graph, text: str) -> list[int]:
     """The path of the first attempt: the start, then the moves while each continues from the last node."""
     path = [graph.start]
@@ -367,16 +376,19 @@ def judge_response(graph: Graph, text: str, answer: str | None) -> dict[str, boo
     """What one response did; `answer` is its final answer as scored (None when it claims none or was cut off).
 
     Returns:
-        first_move_correct; dead_calls (how many "dead" it says); grounded_dead_share (of those, the share at real
+        first_move_correct; edge_lookup_share (of the moves leaving a node other than the start, the share along
+        a prompt edge; None without any); dead_calls (how many "dead" it says); grounded_dead_share (of those, the share at real
         dead ends; None without any); first_attempt_wrong; recovered (the first attempt is wrong and the final
         answer is a valid path; None when the first attempt is right); false_yes (a final answer is claimed but is
         not a valid path). `astro eval` averages each over the responses where it is not None.
     """
     calls = dead_end_calls(graph, text)
+    lookups = edge_lookups(graph, text)
     claimed = None if answer is None else parse_path(answer)
     solved = claimed is not None and valid_path(graph.edges, graph.start, graph.goal, claimed)
     first_wrong = not valid_path(graph.edges, graph.start, graph.goal, first_attempt(graph, text))
-    return {"first_move_correct": first_move_correct(graph, text), "dead_calls": len(calls),
+    return {"first_move_correct": first_move_correct(graph, text),
+            "edge_lookup_share": sum(lookups) / len(lookups) if lookups else None, "dead_calls": len(calls),
             "grounded_dead_share": sum(calls) / len(calls) if calls else None,
             "first_attempt_wrong": first_wrong, "recovered": solved if first_wrong else None,
             "false_yes": answer is not None and not solved}

@@ -16,6 +16,7 @@ from astro_pl.tasks.graph import (
     GraphTeacherArgs,
     ScriptedGraphTeacher,
     dead_end_calls,
+    edge_lookups,
     first_attempt,
     first_move_correct,
     format_graph,
@@ -143,6 +144,8 @@ def test_response_metrics_on_hand_made_traces():
     liar = "97>98\n\n98>77 dead\n\nback to start\n\n97>57\n\n57>71 \\boxed{97 57 71}"
     v = judge_response(HAND, liar, task.extract_answer(liar))
     assert first_move_correct(HAND, liar) and dead_end_calls(HAND, liar) == [False]
+    assert edge_lookups(HAND, liar) == [True, False] and v["edge_lookup_share"] == 0.5   # 98>77 is an edge, 57>71 not
+    assert edge_lookups(HAND, "97>57\n\n57>98\n\n98>71") == [False, False]   # nodes of the prompt, off its edges
     assert (v["first_attempt_wrong"], v["recovered"], v["false_yes"]) == (True, False, True)
     direct = "97>98\n\n98>77\n\n77>71 \\boxed{97 98 77 71}"
     v = judge_response(HAND, direct, task.extract_answer(direct))
@@ -155,9 +158,10 @@ def test_response_metrics_on_hand_made_traces():
     problem = Problem(id="hand", problem=format_graph(HAND), answer="97 98 77 71")
     texts = (search, liar, direct, unfinished)
     means = mean_judgements([task.judge(problem, t, task.extract_answer(t)) for t in texts])
-    # first moves right: liar, direct; "dead" said twice (search grounded, liar not) -> 1 per response, half grounded;
+    # first moves right: liar, direct; moves past the start along edges: all but the liar's 57>71 (1/2 there);
+    # "dead" said twice (search grounded, liar not) -> 1 per response, half grounded;
     # wrong first attempts: search, liar, unfinished, of which search recovers; one false yes (liar)
-    assert means == {"first_move_correct": 0.5, "dead_calls": 0.5, "grounded_dead_share": 0.5,
+    assert means == {"first_move_correct": 0.5, "edge_lookup_share": 0.875, "dead_calls": 0.5, "grounded_dead_share": 0.5,
                      "first_attempt_wrong": 0.75, "recovered": 1 / 3, "false_yes": 0.25}
     assert task.judge(Problem(id="x", problem="not a graph", answer="1 2"), direct, "1 2") == {}
     assert mean_judgements([{}, {}]) == {}
