@@ -377,10 +377,10 @@ def judge_response(graph: Graph, text: str, answer: str | None) -> dict[str, boo
 
     Returns:
         first_move_correct; edge_lookup_share (of the moves leaving a node other than the start, the share along
-        a prompt edge; None without any); dead_calls (how many "dead" it says); grounded_dead_share (of those, the share at real
-        dead ends; None without any); first_attempt_wrong; recovered (the first attempt is wrong and the final
-        answer is a valid path; None when the first attempt is right); false_yes (a final answer is claimed but is
-        not a valid path). `astro eval` averages each over the responses where it is not None.
+        a prompt edge; None without any); dead_calls (how many "dead" it says); grounded_dead_share (of those, the
+        share at real dead ends; None without any); first_attempt_wrong; recovered (the first attempt is wrong and
+        the final answer is a valid path; None when the first attempt is right); false_yes (a final answer is
+        claimed but is not a valid path). `astro eval` averages each over the responses where it is not None.
     """
     calls = dead_end_calls(graph, text)
     lookups = edge_lookups(graph, text)

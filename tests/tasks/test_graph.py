@@ -161,8 +161,8 @@ def test_response_metrics_on_hand_made_traces():
     # first moves right: liar, direct; moves past the start along edges: all but the liar's 57>71 (1/2 there);
     # "dead" said twice (search grounded, liar not) -> 1 per response, half grounded;
     # wrong first attempts: search, liar, unfinished, of which search recovers; one false yes (liar)
-    assert means == {"first_move_correct": 0.5, "edge_lookup_share": 0.875, "dead_calls": 0.5, "grounded_dead_share": 0.5,
-                     "first_attempt_wrong": 0.75, "recovered": 1 / 3, "false_yes": 0.25}
+    assert means == {"first_move_correct": 0.5, "edge_lookup_share": 0.875, "dead_calls": 0.5,
+                     "grounded_dead_share": 0.5, "first_attempt_wrong": 0.75, "recovered": 1 / 3, "false_yes": 0.25}
     assert task.judge(Problem(id="x", problem="not a graph", answer="1 2"), direct, "1 2") == {}
     assert mean_judgements([{}, {}]) == {}
 
