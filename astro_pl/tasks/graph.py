@@ -321,6 +321,10 @@ class GraphTask(Task):
 #   search needs; a model that copies node ids from the prompt without it is right about 1 time in 9);
 # - dead-end calls: a move saying "dead" is grounded when it follows a prompt edge to a node without outgoing edge
 #   other than the goal;
+# - goal check: when the first attempt reaches the goal, it claims it rather than saying "dead" (the goal has no
+#   outgoing edge either, so only comparing the node with the prompt's goal tells the two apart: a second look-up,
+#   learnt apart from the edge look-up; later attempts can lean on a count instead, as with 3 arms the third
+#   attempt of a trace always ends at the goal);
 # - first attempt: the moves before the first one that does not continue from the last node (a jump back is a
 #   backtrack); it is wrong unless it walks from the start to the goal along prompt edges;
 # - recovery: the first attempt is wrong and the final answer is a valid path;
@@ -372,15 +376,25 @@ def first_attempt(graph: Graph, text: str) -> list[int]:
     return path
 
 
+def first_goal_claimed(graph: Graph, text: str) -> bool | None:
+    """Whether a first attempt that reaches the goal claims it rather than calling it "dead"; None when the first
+    attempt ends elsewhere."""
+    path = first_attempt(graph, text)
+    if path[-1] != graph.goal:
+        return None
+    return not moves(text)[len(path) - 2].dead
+
+
 def judge_response(graph: Graph, text: str, answer: str | None) -> dict[str, bool | int | float | None]:
     """What one response did; `answer` is its final answer as scored (None when it claims none or was cut off).
 
     Returns:
         first_move_correct; edge_lookup_share (of the moves leaving a node other than the start, the share along
         a prompt edge; None without any); dead_calls (how many "dead" it says); grounded_dead_share (of those, the
-        share at real dead ends; None without any); first_attempt_wrong; recovered (the first attempt is wrong and
-        the final answer is a valid path; None when the first attempt is right); false_yes (a final answer is
-        claimed but is not a valid path). `astro eval` averages each over the responses where it is not None.
+        share at real dead ends; None without any); first_goal_claimed (a first attempt that reaches the goal claims
+        it; None when it ends elsewhere); first_attempt_wrong; recovered (the first attempt is wrong and the final
+        answer is a valid path; None when the first attempt is right); false_yes (a final answer is claimed but is
+        not a valid path). `astro eval` averages each over the responses where it is not None.
     """
     calls = dead_end_calls(graph, text)
     lookups = edge_lookups(graph, text)
@@ -390,5 +404,6 @@ def judge_response(graph: Graph, text: str, answer: str | None) -> dict[str, boo
     return {"first_move_correct": first_move_correct(graph, text),
             "edge_lookup_share": sum(lookups) / len(lookups) if lookups else None, "dead_calls": len(calls),
             "grounded_dead_share": sum(calls) / len(calls) if calls else None,
+            "first_goal_claimed": first_goal_claimed(graph, text),
             "first_attempt_wrong": first_wrong, "recovered": solved if first_wrong else None,
             "false_yes": answer is not None and not solved}

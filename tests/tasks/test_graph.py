@@ -18,6 +18,7 @@ from astro_pl.tasks.graph import (
     dead_end_calls,
     edge_lookups,
     first_attempt,
+    first_goal_claimed,
     first_move_correct,
     format_graph,
     gold_path,
@@ -140,6 +141,9 @@ def test_response_metrics_on_hand_made_traces():
     assert dead_end_calls(HAND, "97>57\n\n57>40 dead") == [False]   # 40 has no successor, but 57>40 is no edge
     # the goal has no successor either, but "dead" there is a missed success (a sample seen after SFT)
     assert dead_end_calls(HAND, "97>98\n\n98>77\n\n77>71 dead") == [False]
+    missed = "97>98\n\n98>77\n\n77>71 dead\n\nrestart.\n\n97>57\n\n57>44\n\n44>43 \\boxed{97 57 44 43}"
+    assert first_goal_claimed(HAND, missed) is False and judge_response(HAND, missed, "97 57 44 43")["false_yes"]
+    assert first_goal_claimed(HAND, search) is None and v["first_goal_claimed"] is None   # its first attempt dies
     # an ungrounded "dead" (77 goes on to 71), then a jump that claims a path through a missing edge
     liar = "97>98\n\n98>77 dead\n\nback to start\n\n97>57\n\n57>71 \\boxed{97 57 71}"
     v = judge_response(HAND, liar, task.extract_answer(liar))
@@ -161,8 +165,10 @@ def test_response_metrics_on_hand_made_traces():
     # first moves right: liar, direct; moves past the start along edges: all but the liar's 57>71 (1/2 there);
     # "dead" said twice (search grounded, liar not) -> 1 per response, half grounded;
     # wrong first attempts: search, liar, unfinished, of which search recovers; one false yes (liar)
+    # only direct's first attempt reaches the goal (liar's first attempt stops at 77), and it claims it
     assert means == {"first_move_correct": 0.5, "edge_lookup_share": 0.875, "dead_calls": 0.5,
-                     "grounded_dead_share": 0.5, "first_attempt_wrong": 0.75, "recovered": 1 / 3, "false_yes": 0.25}
+                     "grounded_dead_share": 0.5, "first_goal_claimed": 1.0, "first_attempt_wrong": 0.75,
+                     "recovered": 1 / 3, "false_yes": 0.25}
     assert task.judge(Problem(id="x", problem="not a graph", answer="1 2"), direct, "1 2") == {}
     assert mean_judgements([{}, {}]) == {}
 
