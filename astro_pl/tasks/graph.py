@@ -30,13 +30,15 @@ from typing import NamedTuple
 from astro_pl.data.problems import Problem
 from astro_pl.tasks.base import Split, State, Step, Task, normalise
 
-_PROBLEM = re.compile(r"edges: (\d+>\d+(?: \d+>\d+)*) \| start (\d+) goal (\d+)")
+DEAD = "dead"
+"""The word a step says at a node with no outgoing edge."""
+GOAL = "goal"
+"""The word the goal edge leads to ("71>goal", `GraphTask(goal_edge=True)`)."""
+_PROBLEM = re.compile(rf"edges: (\d+>\d+(?: \d+>\d+)*)(?: (\d+)>{GOAL})? \| start (\d+) goal (\d+)")
 _MOVE = re.compile(r"(\d+)>(\d+)")
 _PATH_SEPARATORS = re.compile(r"[\s,>]+")
 MAX_REPEATS = 10_000
 """Draws in a row that repeat a known graph before the generator gives up."""
-DEAD = "dead"
-"""The word a step says at a node with no outgoing edge."""
 
 
 class Graph(NamedTuple):
@@ -50,19 +52,20 @@ class Graph(NamedTuple):
         return [b for a, b in self.edges if a == node]
 
 
-def format_graph(graph: Graph) -> str:
-    """The problem text: "edges: 12>57 57>44 | start 97 goal 71"."""
-    edges = " ".join(f"{a}>{b}" for a, b in graph.edges)
+def format_graph(graph: Graph, goal_edge: bool = False) -> str:
+    """The problem text: "edges: 12>57 57>44 | start 97 goal 71", with `goal_edge` "edges: 12>57 57>44 71>goal |
+    start 97 goal 71"."""
+    edges = " ".join(f"{a}>{b}" for a, b in graph.edges) + (f" {graph.goal}>{GOAL}" if goal_edge else "")
     return f"edges: {edges} | start {graph.start} goal {graph.goal}"
 
 
 def parse_graph(text: str) -> Graph | None:
     """The graph of a problem text (`format_graph`'s format), or None for any other text."""
     match = _PROBLEM.fullmatch(text.strip())
-    if match is None:
+    if match is None or match.group(2) not in (None, match.group(4)):
         return None
     edges = tuple((int(a), int(b)) for a, b in _MOVE.findall(match.group(1)))
-    return Graph(edges, int(match.group(2)), int(match.group(3)))
+    return Graph(edges, int(match.group(3)), int(match.group(4)))
 
 
 def parse_path(text: str) -> tuple[int, ...] | None:
@@ -250,13 +253,17 @@ class GraphTask(Task):
         node_min: Smallest node id.
         node_max: Largest node id (ids are distinct within a graph).
         distractors: One-node dead ends hung off the start and the arms' inner nodes.
+        goal_edge: Also list an edge from the goal to the word "goal" ("71>goal"). The goal has no outgoing edge,
+            like a dead end, so without it telling the two apart needs a second look-up (the node against the
+            prompt's goal), which some seeds never learn; with it the edge look-up that every move needs tells
+            continue, dead end and goal apart.
         teacher: The scripted teacher's prior noise, for `astro search`.
         system_prompt: Optional system turn.
     """
 
     def __init__(self, num_train: int = 512, num_val: int = 32, num_test: int = 100, seed: int = 0,
                  val_seed: int = 1_000_003, test_seed: int = 12345, arms: int = 3, arm_length: int = 3,
-                 node_min: int = 10, node_max: int = 99, distractors: int = 0,
+                 node_min: int = 10, node_max: int = 99, distractors: int = 0, goal_edge: bool = False,
                  teacher: GraphTeacherArgs | None = None, system_prompt: str | None = None):
         super().__init__(system_prompt)
         for flag, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
@@ -278,6 +285,7 @@ class GraphTask(Task):
         self.seeds = {"train": seed, "val": val_seed, "test": test_seed}
         self.shape = dict(arms=arms, arm_length=arm_length, node_min=node_min, node_max=node_max,
                           distractors=distractors)
+        self.goal_edge = goal_edge
         self.teacher_args = teacher or GraphTeacherArgs()
 
     def graphs(self, split: Split) -> list[Graph]:
@@ -293,7 +301,8 @@ class GraphTask(Task):
 
     def problems(self, split: Split) -> dict[str, list[Problem]]:
         seed = self.seeds[split]
-        return {"graph": [Problem(id=f"graph-{seed}-{i}", problem=format_graph(g), answer=format_path(gold_path(g)),
+        return {"graph": [Problem(id=f"graph-{seed}-{i}", problem=format_graph(g, self.goal_edge),
+                                  answer=format_path(gold_path(g)),
                                   subject="graph", level=self.shape["arms"])
                           for i, g in enumerate(self.graphs(split))]}
 

@@ -41,6 +41,11 @@ def test_format_and_parse_round_trip():
     assert PROBLEM == "edges: 57>44 97>98 12>13 77>71 97>57 44>43 98>77 97>12 13>14 | start 97 goal 71"
     assert parse_graph(PROBLEM) == HAND
     assert parse_graph("edges: 1>2 | start 1") is None
+    marked = format_graph(HAND, goal_edge=True)
+    assert marked == PROBLEM.replace(" | start", " 71>goal | start") and parse_graph(marked) == HAND
+    assert parse_graph(marked.replace("71>goal", "43>goal")) is None     # the goal edge must leave the goal
+    assert sound_steps(marked, ["97>98", "98>77", "77>71 \\boxed{97 98 77 71}"])
+    assert all(">goal |" in p.problem for p in GraphTask(num_test=3, goal_edge=True).problems("test")["graph"])
     assert parse_graph("Evaluate 3 + 4.") is None
 
 
