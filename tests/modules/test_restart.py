@@ -1,0 +1,112 @@
+"""PlateauRestart: a run whose loss is above the bar at the judged step starts over from fresh weights (new seed,
+fresh optimiser moments, the schedule from its start) and is lengthened by the steps spent; one below it is kept."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import AutoModelForCausalLM
+
+from astro_pl.datamodules.traces import TraceDataModule
+from astro_pl.modules.optim import OptimArgs
+from astro_pl.modules.restart import PlateauRestart, reinitialise, restart_due
+from astro_pl.modules.sft import SFTModule
+from astro_pl.modules.tiny_llama import tiny_config
+from tests.datamodules.test_traces import write_traces
+
+
+def test_restart_due_judges_the_mean_of_the_finite_losses():
+    assert restart_due([0.3, 0.2], above=0.15) and not restart_due([0.1, 0.12], above=0.15)
+    assert not restart_due([0.1, float("nan")], above=0.15)  # one bad step does not decide
+    assert restart_due([float("nan")], above=0.15)  # a run with no finite loss has learnt nothing
+
+
+def test_reinitialise_draws_every_weight_from_the_seed_and_leaves_the_global_rng():
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=100, hidden_size=64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # as far from an initialisation as training could take it
+    state = torch.random.get_rng_state()
+    reinitialise(model, 5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    first = {n: p.clone() for n, p in model.named_parameters()}
+    reinitialise(model, 6)
+    assert not torch.equal(model.model.embed_tokens.weight, first["model.embed_tokens.weight"])
+    reinitialise(model, 5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param, first[name], rtol=0, atol=0)
+    assert abs(first["model.layers.0.self_attn.q_proj.weight"].std().item() - 0.02) < 0.005  # config's init range
+    assert torch.equal(first["model.norm.weight"], torch.ones(64))
+
+
+def fit(tmp_path, tiny_model_dir, restart: PlateauRestart, steps: int = 4) -> tuple[L.Trainer, SFTModule, list]:
+    data = write_traces(tmp_path / "traces.jsonl", n=32)
+    dm = TraceDataModule(tokenizer_path=str(tiny_model_dir), train_file=str(data), max_seq_len=256, batch_size=2)
+    module = SFTModule(model_path=str(tiny_model_dir), optim=OptimArgs(lr=1e-4, warmup_ratio=0.5))
+    lrs = []
+
+    class LearningRates(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[restart, LearningRates()], use_distributed_sampler=False)
+    trainer.fit(module, dm)
+    return trainer, module, lrs
+
+
+def test_a_run_above_the_bar_restarts_from_fresh_weights_and_trains_as_long_again(tmp_path, tiny_model_dir):
+    restart = PlateauRestart(at_step=2, above=-1.0, max_restarts=2, window=2, seed=7)  # every attempt is above
+    trainer, module, lrs = fit(tmp_path, tiny_model_dir, restart)
+    assert restart.restarts == 2 and restart.judged and restart.extra_steps == 4
+    assert trainer.global_step == 4 + 2 * 2  # the kept attempt trained the full 4 steps
+    # the schedule (2 warmup steps, then cosine to step 4) started over at each restart
+    assert lrs == pytest.approx([5e-5, 1e-4] * 3 + [1e-4, 5e-5])
+    # the kept weights are 4 small steps (Adam, lr <= 1e-4) from restart 2's draw (seed 7 + 2000), far from the loaded
+    kept = module.model.model.layers[0].self_attn.q_proj.weight.detach()
+    loaded = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    drawn = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    reinitialise(drawn, 7 + 2000)
+    assert (kept - drawn.model.layers[0].self_attn.q_proj.weight).abs().max() < 1e-3
+    assert (kept - loaded.model.layers[0].self_attn.q_proj.weight).abs().mean() > 1e-2
+
+
+def test_a_run_below_the_bar_is_kept_and_not_lengthened(tmp_path, tiny_model_dir):
+    start = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).model.embed_tokens.weight.detach().clone()
+    restart = PlateauRestart(at_step=2, above=1e9, window=2)
+    trainer, module, _ = fit(tmp_path, tiny_model_dir, restart)
+    assert restart.restarts == 0 and restart.judged and trainer.global_step == 4
+    drift = (module.model.model.embed_tokens.weight.detach() - start).abs().max()
+    assert 0 < drift < 1e-3  # trained on from the loaded weights, not redrawn
+
+
+def test_bad_settings_name_the_argument():
+    with pytest.raises(ValueError, match="window \\(60\\) must not be longer than at_step \\(50\\)"):
+        PlateauRestart(at_step=50, above=0.2, window=60)
+    with pytest.raises(ValueError, match="at_step >= 1"):
+        PlateauRestart(at_step=0, above=0.2)
+
+
+def test_a_resumed_run_keeps_its_restarts_and_its_length(tmp_path, tiny_model_dir):
+    data = write_traces(tmp_path / "traces.jsonl", n=32)
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = trainer.global_step == 3  # one step into the attempt after the restart
+
+    def run(callbacks, ckpt_path=None) -> L.Trainer:
+        dm = TraceDataModule(tokenizer_path=str(tiny_model_dir), train_file=str(data), max_seq_len=256, batch_size=2)
+        ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_train_steps=1)
+        trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
+                            callbacks=[ckpt, *callbacks], use_distributed_sampler=False)
+        trainer.fit(SFTModule(model_path=str(tiny_model_dir)), dm, ckpt_path=ckpt_path)
+        return trainer
+
+    interrupted = PlateauRestart(at_step=2, above=-1.0, max_restarts=1, window=2)
+    assert run([interrupted, StopAt()]).global_step == 3 and interrupted.restarts == 1
+    resumed = PlateauRestart(at_step=2, above=-1.0, max_restarts=1, window=2)
+    trainer = run([resumed], ckpt_path="last")
+    assert resumed.restarts == 1 and resumed.extra_steps == 2
+    assert trainer.global_step == 3 + 2  # 3 steps after the restart, no second restart
