@@ -16,7 +16,6 @@ from collections import deque
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 
 def reinitialise(model: torch.nn.Module, seed: int) -> None:
@@ -31,6 +30,11 @@ def reinitialise(model: torch.nn.Module, seed: int) -> None:
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         model.init_weights()
+
+
+def announce(message: str) -> None:
+    """A restart is a result a person needs: on stdout, which `astro pipeline` shows (library logs go to stderr)."""
+    print(message, flush=True)
 
 
 def restart_due(losses: list[float], above: float) -> bool:
@@ -87,14 +91,14 @@ class PlateauRestart(L.Callback):
         mean = sum(self._losses) / len(self._losses)
         if self.restarts == self.max_restarts or not restart_due(list(self._losses), self.above):
             self.judged = True
-            rank_zero_info(f"PlateauRestart: kept attempt {self.restarts + 1}, {self.monitor} {mean:.3f} at step "
-                           f"{self.at_step} of it (bar {self.above})")
+            announce(f"PlateauRestart: kept attempt {self.restarts + 1}, {self.monitor} {mean:.3f} at step "
+                         f"{self.at_step} of it (bar {self.above})")
             return
         self.restarts += 1
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         seed = base + 1000 * self.restarts
-        rank_zero_info(f"PlateauRestart: {self.monitor} {mean:.3f} > {self.above} at step {self.at_step} of attempt "
-                       f"{self.restarts}; restart {self.restarts} of {self.max_restarts}, initialisation seed {seed}")
+        announce(f"PlateauRestart: {self.monitor} {mean:.3f} > {self.above} at step {self.at_step} of attempt "
+                 f"{self.restarts}; restart {self.restarts} of {self.max_restarts}, initialisation seed {seed}")
         reinitialise(pl_module.model, seed)
         for optimizer in trainer.optimizers:
             optimizer.state.clear()

@@ -57,9 +57,11 @@ def fit(tmp_path, tiny_model_dir, restart: PlateauRestart, steps: int = 4) -> tu
     return trainer, module, lrs
 
 
-def test_a_run_above_the_bar_restarts_from_fresh_weights_and_trains_as_long_again(tmp_path, tiny_model_dir):
+def test_a_run_above_the_bar_restarts_from_fresh_weights_and_trains_as_long_again(tmp_path, tiny_model_dir, capsys):
     restart = PlateauRestart(at_step=2, above=-1.0, max_restarts=2, window=2, seed=7)  # every attempt is above
     trainer, module, lrs = fit(tmp_path, tiny_model_dir, restart)
+    out = capsys.readouterr().out  # stdout: what the pipeline's console shows
+    assert "restart 2 of 2, initialisation seed 2007" in out and "kept attempt 3" in out
     assert restart.restarts == 2 and restart.judged and restart.extra_steps == 4
     assert trainer.global_step == 4 + 2 * 2  # the kept attempt trained the full 4 steps
     # the schedule (2 warmup steps, then cosine to step 4) started over at each restart
