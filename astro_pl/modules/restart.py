@@ -1,10 +1,10 @@
 """Restarting a run from a fresh initialisation when a skill that forms suddenly has not formed by a given step.
 
 Why: some skills a tiny model learns in a phase change, early or never. The graph task's edge look-up (an induction
-circuit) forms within about 2,000 steps in some initialisations and in none of the next 2,000 in the others (README,
-"The graph task"), so over seeds the result measures the draw, not the method. Judging the training loss at a step
-and, above a bar, drawing every weight afresh (new seed, fresh optimiser moments, the schedule from its start, the
-run lengthened by the steps spent) gives each seed a few draws; the restarts are logged and counted.
+circuit) forms within about 2,000 steps in some initialisations and in none of the next 2,000 in the others
+(docs/graph-task-log.md), so over seeds the result measures the draw, not the method. Judging the training loss at
+a step and, above a bar, drawing every weight afresh (new seed, fresh optimiser moments, the schedule from its start,
+the run lengthened by the steps spent) gives each seed a few draws; the restarts are logged and counted.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class PlateauRestart(L.Callback):
         if window > at_step:
             raise ValueError(f"PlateauRestart's window ({window}) must not be longer than at_step ({at_step})")
         self.at_step, self.above, self.max_restarts = at_step, above, max_restarts
-        self.window, self.monitor, self.seed = window, monitor, seed
+        self.monitor, self.seed = monitor, seed
         self.restarts, self.attempt_start, self.judged, self.extra_steps = 0, 0, False, 0
         self._losses: deque[float] = deque(maxlen=window)
 
@@ -92,7 +92,7 @@ class PlateauRestart(L.Callback):
         if self.restarts == self.max_restarts or not restart_due(list(self._losses), self.above):
             self.judged = True
             announce(f"PlateauRestart: kept attempt {self.restarts + 1}, {self.monitor} {mean:.3f} at step "
-                         f"{self.at_step} of it (bar {self.above})")
+                     f"{self.at_step} of it (bar {self.above})")
             return
         self.restarts += 1
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))

@@ -255,7 +255,8 @@ class GraphTask(Task):
         distractors: One-node dead ends hung off the start and the arms' inner nodes.
         goal_edge: Also list an edge from the goal to the word "goal" ("71>goal"). The goal has no outgoing edge,
             like a dead end, so telling the two apart needs a second look-up (the node against the prompt's goal),
-            which some seeds never learn; with the goal edge it was learnt in all 4 seeds tried (README).
+            which some runs never learn; with the goal edge it was learnt in all 5 runs tried, in 5 of 9 without
+            (docs/graph-task-log.md).
         teacher: The scripted teacher's prior noise, for `astro search`.
         system_prompt: Optional system turn.
     """
