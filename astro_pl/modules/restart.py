@@ -33,8 +33,9 @@ def reinitialise(model: torch.nn.Module, seed: int) -> None:
 
 
 def announce(message: str) -> None:
-    """A restart is a result a person needs: on stdout, which `astro pipeline` shows (library logs go to stderr)."""
-    print(message, flush=True)
+    """A restart is a result a person needs: on stdout, which `astro pipeline` shows (library logs go to stderr), on a
+    line of its own rather than after the progress bar's last redraw."""
+    print(f"\n{message}", flush=True)
 
 
 def restart_due(losses: list[float], above: float) -> bool:

@@ -62,6 +62,7 @@ def test_a_run_above_the_bar_restarts_from_fresh_weights_and_trains_as_long_agai
     trainer, module, lrs = fit(tmp_path, tiny_model_dir, restart)
     out = capsys.readouterr().out  # stdout: what the pipeline's console shows
     assert "restart 2 of 2, initialisation seed 2007" in out and "kept attempt 3" in out
+    assert out.count("\nPlateauRestart: ") == 3  # each decision on a line of its own, not after a progress bar
     assert restart.restarts == 2 and restart.judged and restart.extra_steps == 4
     assert trainer.global_step == 4 + 2 * 2  # the kept attempt trained the full 4 steps
     # the schedule (2 warmup steps, then cosine to step 4) started over at each restart
