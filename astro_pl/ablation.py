@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from astro_pl.errors import UsageError
+from astro_pl.evaluation.comparison import compare_runs
 from astro_pl.options import parse_dataclass
-from astro_pl.pipeline import PipelineArgs, compare_runs
+from astro_pl.pipeline import PipelineArgs
 
 
 @dataclass

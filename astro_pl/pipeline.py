@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from astro_pl.errors import UsageError
+from astro_pl.evaluation.comparison import compare_runs
 from astro_pl.options import parse_dataclass
 from astro_pl.runfiles import claim, read_json, write_json
 
@@ -249,52 +250,6 @@ def run_stages(stages: list[Stage], out: Path, values: dict[str, str], seed: int
     print("\n" + format_table([{"stage": name, **r} for name, r in results.items()]), flush=True)
     print(f"\nsummary: {summary_path}", flush=True)
     return summary
-
-
-def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    """Mean ± sample std of `values` times `scale` (percent by default); a single run has no spread to show."""
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{scale * mean:.{digits}f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
-
-
-COMPARED = (("accuracy", "pass@1 (%)", 100.0, 1), ("accuracy_finished", "pass@1 finished (%)", 100.0, 1),
-            ("truncation_rate", "truncated (%)", 100.0, 1), ("mean_backtracks", "backtracks", 1.0, 2),
-            ("grounded_backtracks", "grounded (%)", 100.0, 0), ("mean_length", "length", 1.0, 1))
-"""Stage results `compare_runs` shows: key, column, scale and decimals."""
-
-
-def compare_runs(root: str | Path) -> str:
-    """Side-by-side table of pipeline runs under `root` named `<arm>-seed<N>`: one row per arm and evaluated stage,
-    each score as mean ± sample std over the seeds that have it, the task's own verdicts (`Task.judge`, as
-    fractions) after the common scores."""
-    arms: dict[str, list[dict]] = {}
-    for path in sorted(Path(root).glob("*/summary.json")):
-        arms.setdefault(re.sub(r"-seed\d+$", "", path.parent.name), []).append(json.loads(path.read_text()))
-    if not arms:
-        raise ValueError(f"{root}: no <arm>-seed<N>/summary.json run folders")
-    results = [(arm, run["seed"], name, result) for arm, runs in arms.items() for run in runs
-               for name, result in run["stages"].items() if "accuracy" in result]  # unfinished runs too
-    stages = list(dict.fromkeys(name for _, _, name, _ in results))
-    task_keys = list(dict.fromkeys(key for *_, result in results for key in result.get("task", {})))
-    columns = [*COMPARED, *((f"task.{key}", key, 1.0, 2) for key in task_keys)]
-    lines = ["| arm | stage | seeds | " + " | ".join(title for _, title, _, _ in columns) + " |",
-             "|---|---|---:|" + "---:|" * len(columns)]
-    for arm in arms:
-        for stage in stages:
-            done = [(seed, result | {f"task.{k}": v for k, v in result.get("task", {}).items()})
-                    for run_arm, seed, name, result in results if run_arm == arm and name == stage]
-            if not done:
-                continue
-            cells = []
-            for key, _, scale, digits in columns:
-                values = [result[key] for _, result in done if result.get(key) is not None]
-                cells.append(mean_std(values, scale, digits) if values else "-")
-            seeds = ", ".join(str(seed) for seed, _ in done)
-            lines.append(f"| {arm} | {stage} | {seeds} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 @dataclass

@@ -102,32 +102,3 @@ def test_eval_summary_gives_pass_at_1_of_the_named_benchmark(tmp_path):
         read_eval_summary(path, "aime24")
     path.write_text(json.dumps({"benchmarks": {"graph": {**scores, "task": {"false_yes": 0.1}}}}))
     assert read_eval_summary(path)["task"] == {"false_yes": 0.1}
-
-
-def test_compare_runs_gives_mean_and_spread_per_arm(tmp_path):
-    from astro_pl.pipeline import compare_runs
-
-    def write(name, seed, sft, rl, task=None):
-        (tmp_path / name).mkdir()
-        common = {"truncation_rate": 0.5, "grounded_backtracks": None, "mean_length": 10.0}
-        stages = {"search": {"seconds": 1.0},
-                  "sft-eval": {"accuracy": sft, "mean_backtracks": 1.0, **common, **({"task": task} if task else {})},
-                  "rl-eval": {"accuracy": rl, "mean_backtracks": 2.0, **common}}
-        (tmp_path / name / "summary.json").write_text(json.dumps({"seed": seed, "stages": stages}))
-
-    write("astro-seed0", 0, 0.10, 0.20, {"recovered": 0.5})
-    write("astro-seed1", 1, 0.30, 0.40, {"recovered": None})
-    write("direct-seed0", 0, 0.05, 0.10)
-    table = compare_runs(tmp_path)
-    assert table.splitlines()[0].endswith("| grounded (%) | length | recovered |")
-    # astro sft: mean 20.0, sample std sqrt(((10-20)^2 + (30-20)^2) / 1) = 14.1; recovered only where not None
-    assert "| astro | sft-eval | 0, 1 | 20.0 ± 14.1 | - | 50.0 ± 0.0 | 1.00 ± 0.00 | - | 10.0 ± 0.0 | 0.50 |" in table
-    assert "| astro | rl-eval | 0, 1 | 30.0 ± 14.1 |" in table
-    assert "| direct | sft-eval | 0 | 5.0 | - | 50.0 | 1.00 | - | 10.0 | - |" in table
-    (tmp_path / "aaa-seed0").mkdir()  # an unfinished run sorts first; the other runs' stages still show
-    (tmp_path / "aaa-seed0/summary.json").write_text(json.dumps(
-        {"seed": 0, "stages": {"sft-eval": {"accuracy": 0.5, "mean_backtracks": 0.0}}}))
-    table = compare_runs(tmp_path)
-    assert "| aaa | sft-eval | 0 | 50.0 | - | - | 0.00 |" in table and "| aaa | rl-eval" not in table
-    with pytest.raises(ValueError, match="no <arm>-seed<N>"):
-        compare_runs(tmp_path / "astro-seed0")
