@@ -48,9 +48,14 @@ def arm_gap(first: list[float], second: list[float]) -> Margin:
     return Margin(difference, 2 * max(sample_std(first), sample_std(second)), min(len(first), len(second)))
 
 
+def paired_differences(first: dict[int, float], second: dict[int, float]) -> list[float]:
+    """`first` minus `second` for each seed both have, in seed order."""
+    return [first[seed] - second[seed] for seed in sorted(first.keys() & second.keys())]
+
+
 def stage_change(before: dict[int, float], after: dict[int, float]) -> tuple[Margin, list[float]]:
     """The per-seed change from `before` to `after` (seeds both have), its mean against twice its sample std."""
-    changes = [after[seed] - before[seed] for seed in sorted(before.keys() & after.keys())]
+    changes = paired_differences(after, before)
     if not changes:
         raise ValueError("no seed has both stages")
     return Margin(sum(changes) / len(changes), 2 * sample_std(changes), len(changes)), changes
@@ -128,8 +133,8 @@ def margin_lines(accuracy: dict[tuple[str, str], dict[int, float]], arms: list[s
         for first, second in combinations([arm for arm in arms if (arm, stage) in accuracy], 2):
             a, b = accuracy[first, stage], accuracy[second, stage]
             margin = arm_gap(list(a.values()), list(b.values()))
-            paired = [a[seed] - b[seed] for seed in sorted(a.keys() & b.keys())]
-            lines.append(f"- {stage}: {first} - {second} = {100 * margin.difference:+.1f} (per seed {points(paired)}); "
+            lines.append(f"- {stage}: {first} - {second} = {100 * margin.difference:+.1f} "
+                         f"(per seed {points(paired_differences(a, b))}); "
                          f"twice the larger seed std {100 * margin.bar:.1f}: {verdict(margin)}")
     for arm in arms:
         evaluated = [stage for stage in stages if (arm, stage) in accuracy]
