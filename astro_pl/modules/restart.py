@@ -83,11 +83,14 @@ class PlateauRestart(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
                            ) -> None:
+        steps = trainer.global_step - self.attempt_start
+        if self.judged or steps < self.at_step - self._losses.maxlen:
+            return  # only the window before the judgement is read: no device sync on the other steps
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             raise ValueError(f"PlateauRestart: the module logs no {self.monitor!r} to judge")
         self._losses.append(float(value))
-        if self.judged or trainer.global_step - self.attempt_start < self.at_step:
+        if steps < self.at_step:
             return
         mean = sum(self._losses) / len(self._losses)
         if self.restarts == self.max_restarts or not restart_due(list(self._losses), self.above):
