@@ -13,6 +13,8 @@ import itertools
 import math
 import os
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -38,40 +40,58 @@ def announce(message: str) -> None:
     print(f"\n{message}", flush=True)
 
 
-def restart_due(losses: list[float], above: float) -> bool:
-    """Whether the mean of the last steps' `losses` is above the bar (no finite loss: yes)."""
+def window_mean(losses: Sequence[float]) -> float:
+    """Mean of the finite values (NaN if none: a batch without the tokens a loss is over logs NaN)."""
     finite = [x for x in losses if math.isfinite(x)]
-    return not finite or sum(finite) / len(finite) > above
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def restart_due(losses: Sequence[float], above: float) -> bool:
+    """Whether the mean of the last steps' `losses` is above the bar (no finite loss: yes)."""
+    mean = window_mean(losses)
+    return math.isnan(mean) or mean > above
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One judgement: at `at_step` steps into an attempt, the mean of a metric over the window must be <= `above`."""
+
+    at_step: int
+    above: float
 
 
 class PlateauRestart(L.Callback):
-    """Restarts training from a fresh initialisation while the loss is still above `above` at `at_step`.
+    """Restarts training from a fresh initialisation while a logged loss is still above its bar at its step.
 
-    At `at_step` optimiser steps into each attempt, the mean of `monitor` over the last `window` steps is judged; above
-    `above` (and with restarts left), `pl_module.model` is drawn afresh from seed `seed + 1000 * k` (restart k), the
-    optimisers' state is cleared and each learning-rate schedule starts over, and `max_steps` grows by the steps of the
-    attempt, so the kept attempt trains as long as a run without restarts. One process only; not for LoRA models.
+    Each metric in `bars` is judged once per attempt, at its `at_step` steps into it: the mean of its last `window`
+    logged values. If one is above its bar (and restarts are left), `pl_module.model` is drawn afresh from seed
+    `seed + 1000 * k` (restart k), the optimisers' state is cleared and each learning-rate schedule starts over, and
+    `max_steps` grows by the steps of the attempt, so the kept attempt trains as long as a run without restarts. An
+    attempt is kept once every metric has passed, or when no restart is left. One process only; not for LoRA models.
 
     Args:
-        at_step: Steps into an attempt at which it is judged.
-        above: The loss bar: an attempt whose mean loss is above it restarts.
-        max_restarts: Restarts allowed; the last attempt is kept whatever its loss.
-        window: Steps whose logged `monitor` values are averaged.
-        monitor: The logged training metric judged.
+        bars: Logged training metric -> its judgement, e.g. {"train/loss": {at_step: 1750, above: 0.22},
+            "train/loss_terminal": {at_step: 2500, above: 0.25}} (the second logged by
+            `SFTModule(token_losses=...)`): skills that form at different times are judged at different steps.
+        max_restarts: Restarts allowed; the last attempt is kept whatever its losses.
+        window: Steps whose logged values are averaged.
         seed: Base of the new initialisations' seeds; None: the run's `seed_everything` (0 if none).
     """
 
-    def __init__(self, at_step: int, above: float, max_restarts: int = 2, window: int = 50,
-                 monitor: str = "train/loss", seed: int | None = None) -> None:
-        if at_step < 1 or window < 1 or max_restarts < 0:
-            raise ValueError(f"PlateauRestart needs at_step >= 1, window >= 1 and max_restarts >= 0, got {at_step}, "
-                             f"{window} and {max_restarts}")
-        if window > at_step:
-            raise ValueError(f"PlateauRestart's window ({window}) must not be longer than at_step ({at_step})")
-        self.at_step, self.above, self.max_restarts = at_step, above, max_restarts
-        self.monitor, self.seed = monitor, seed
+    def __init__(self, bars: dict[str, Bar], max_restarts: int = 2, window: int = 50, seed: int | None = None
+                 ) -> None:
+        if not bars:
+            raise ValueError("PlateauRestart needs at least one metric in bars")
+        for name, bar in bars.items():
+            if bar.at_step < 1 or window > bar.at_step:
+                raise ValueError(f"PlateauRestart: bars.{name}.at_step must be >= 1 and not shorter than the window "
+                                 f"({window}), got {bar.at_step}")
+        if window < 1 or max_restarts < 0:
+            raise ValueError(f"PlateauRestart needs window >= 1 and max_restarts >= 0, got {window} and {max_restarts}")
+        self.bars, self.max_restarts, self.window, self.seed = dict(bars), max_restarts, window, seed
         self.restarts, self.attempt_start, self.judged, self.extra_steps = 0, 0, False, 0
-        self._losses: deque[float] = deque(maxlen=window)
+        self._losses: dict[str, deque[float]] = {name: deque(maxlen=window) for name in self.bars}
+        self._passed: set[str] = set()  # metrics of this attempt judged below their bar
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Checks the setting and, on a resumed run, lengthens it again (before the loop sees max_steps reached)."""
@@ -83,43 +103,55 @@ class PlateauRestart(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
                            ) -> None:
-        steps = trainer.global_step - self.attempt_start
-        if self.judged or steps < self.at_step - self._losses.maxlen:
-            return  # only the window before the judgement is read: no device sync on the other steps
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            raise ValueError(f"PlateauRestart: the module logs no {self.monitor!r} to judge")
-        self._losses.append(float(value))
-        if steps < self.at_step:
+        if self.judged:
             return
-        mean = sum(self._losses) / len(self._losses)
-        if self.restarts == self.max_restarts or not restart_due(list(self._losses), self.above):
-            self.judged = True
-            announce(f"PlateauRestart: kept attempt {self.restarts + 1}, {self.monitor} {mean:.3f} at step "
-                     f"{self.at_step} of it (bar {self.above})")
+        steps = trainer.global_step - self.attempt_start
+        due = []
+        for name, bar in self.bars.items():
+            if name in self._passed or steps < bar.at_step - self.window:
+                continue  # only the window before a judgement is read: no device sync on the other steps
+            value = trainer.callback_metrics.get(name)
+            if value is None:
+                raise ValueError(f"PlateauRestart: the module logs no {name!r} to judge")
+            self._losses[name].append(float(value))
+            if steps >= bar.at_step:
+                due.append(name)
+        if not due:
+            return
+        judged = ", ".join(f"{name} {window_mean(self._losses[name]):.3f} (bar {self.bars[name].above})"
+                           for name in due)
+        failed = [name for name in due if restart_due(self._losses[name], self.bars[name].above)]
+        self._passed.update(name for name in due if name not in failed)
+        if not failed or self.restarts == self.max_restarts:
+            self._passed.update(due)
+            self.judged = self._passed == set(self.bars)
+            kept = "kept" if self.judged else "passed"
+            announce(f"PlateauRestart: attempt {self.restarts + 1} {kept}: {judged} at step {steps} of it")
             return
         self.restarts += 1
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         seed = base + 1000 * self.restarts
-        announce(f"PlateauRestart: {self.monitor} {mean:.3f} > {self.above} at step {self.at_step} of attempt "
-                 f"{self.restarts}; restart {self.restarts} of {self.max_restarts}, initialisation seed {seed}")
+        announce(f"PlateauRestart: {judged} at step {steps} of attempt {self.restarts}; restart "
+                 f"{self.restarts} of {self.max_restarts}, initialisation seed {seed}")
         reinitialise(pl_module.model, seed)
         for optimizer in trainer.optimizers:
             optimizer.state.clear()
         for config in trainer.lr_scheduler_configs:
             config.scheduler.last_epoch = -1
             config.scheduler.step()
-        spent = trainer.global_step - self.attempt_start
-        trainer.fit_loop.epoch_loop.max_steps += spent
-        self.extra_steps += spent
+        trainer.fit_loop.epoch_loop.max_steps += steps
+        self.extra_steps += steps
         self.attempt_start = trainer.global_step
-        self._losses.clear()
+        self._passed.clear()
+        for losses in self._losses.values():
+            losses.clear()
         pl_module.log("train/restarts", float(self.restarts), rank_zero_only=True)
 
     def state_dict(self) -> dict:
         return {"restarts": self.restarts, "attempt_start": self.attempt_start, "judged": self.judged,
-                "extra_steps": self.extra_steps}
+                "extra_steps": self.extra_steps, "passed": sorted(self._passed)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.restarts, self.attempt_start = state_dict["restarts"], state_dict["attempt_start"]
         self.judged, self.extra_steps = state_dict["judged"], state_dict["extra_steps"]
+        self._passed = set(state_dict.get("passed", ()))

@@ -43,6 +43,14 @@ def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     return -linear_logprobs_and_entropy(hidden, weight, labels, bias=bias)[0].sum()
 
 
+def first_token_ids(tokenizer, texts: list[str], field: str) -> torch.Tensor:
+    """Ids of each text's first token (" dead" -> the id of "Ġdead"), for a loss over the tokens that start them."""
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"][:1] for text in texts]
+    if not texts or not all(ids):
+        raise ValueError(f"{field}: every text must have a token, got {texts!r}")
+    return torch.tensor(sorted({i[0] for i in ids}))
+
+
 class SFTModule(L.LightningModule):
     """Fine-tunes a Hugging Face causal LM on rendered traces (batches from `TraceDataModule`).
 
@@ -58,6 +66,10 @@ class SFTModule(L.LightningModule):
         reshard_after_forward: FSDP2: free gathered layer weights after forward (saves memory, costs a re-gather).
         fused_kernels: Liger's kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) where liger-kernel is
             installed and the model is on CUDA; elsewhere the PyTorch path (which also never builds full logits).
+        token_losses: Losses over chosen target tokens, logged beside the loss: name -> texts, and
+            `train/loss_<name>` is the mean loss where the target is the first token of one of the texts (NaN in a
+            batch without one). {terminal: [" dead", " \\boxed"]} on graph traces: how well the model decides a
+            dead end or the goal, a skill the total loss hides (`PlateauRestart` can judge it).
     """
 
     def __init__(
@@ -72,6 +84,7 @@ class SFTModule(L.LightningModule):
         max_grad_norm: float | None = 1.0,
         reshard_after_forward: bool = True,
         fused_kernels: bool = False,
+        token_losses: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -82,6 +95,9 @@ class SFTModule(L.LightningModule):
         self.lora, self.optim = lora, optim or OptimArgs()
         self.max_grad_norm, self.reshard_after_forward = max_grad_norm, reshard_after_forward
         self.fused_kernels, self._liger = fused_kernels, False  # _liger: Liger's kernels were applied
+        self.token_losses = token_losses or {}
+        self._token_ids: dict[str, torch.Tensor] = {}  # token_losses' names -> their first tokens' ids
+        self._token_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (loss sum, count) of a batch
         self.model = None
         self._tokenizer = None
         self._step_start = 0.0
@@ -111,6 +127,8 @@ class SFTModule(L.LightningModule):
             param_dtype = None if self.compute_dtype == torch.float32 else self.compute_dtype
             shard_decoder(model, self.device_mesh["data_parallel"], param_dtype, self.reshard_after_forward)
         self.model = model
+        self._token_ids = {name: first_token_ids(self.tokenizer, texts, f"--model.init_args.token_losses.{name}")
+                           for name, texts in self.token_losses.items()}
 
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed token loss, token count) of this rank's micro-batch."""
@@ -118,8 +136,16 @@ class SFTModule(L.LightningModule):
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
 
+        labels = targets[rows, cols]
+
         def loss_sum(hidden, weight, bias):
-            return token_loss_sum(hidden, weight, targets[rows, cols], bias, self._liger)
+            if not self._token_ids:
+                return token_loss_sum(hidden, weight, labels, bias, self._liger)
+            losses = -linear_logprobs_and_entropy(hidden, weight, labels, bias=bias)[0]
+            for name, ids in self._token_ids.items():
+                chosen = torch.isin(labels, ids.to(labels.device))
+                self._token_sums[name] = (losses.detach()[chosen].sum(), chosen.sum())
+            return losses.sum()
 
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
             loss = head_output(
@@ -149,6 +175,9 @@ class SFTModule(L.LightningModule):
             "train/loss": self.global_sum(loss_sum) / global_count,
             "train/padding_fraction": 1 - tokens / positions,
         }, on_step=True, prog_bar=True, rank_zero_only=True)
+        for name, (chosen_sum, chosen) in self._token_sums.items():
+            self.log(f"train/loss_{name}", self.global_sum(chosen_sum) / self.global_sum(chosen), on_step=True,
+                     rank_zero_only=True)  # 0/0: NaN in a batch without the tokens
         self._tokens = tokens
         return loss
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from astro_pl.datamodules.traces import TraceDataModule
 from astro_pl.modules.optim import OptimArgs
-from astro_pl.modules.restart import PlateauRestart, reinitialise, restart_due
+from astro_pl.modules.restart import Bar, PlateauRestart, reinitialise, restart_due
 from astro_pl.modules.sft import SFTModule
 from astro_pl.modules.tiny_llama import tiny_config
 from tests.datamodules.test_traces import write_traces
@@ -41,10 +41,11 @@ def test_reinitialise_draws_every_weight_from_the_seed_and_leaves_the_global_rng
     assert torch.equal(first["model.norm.weight"], torch.ones(64))
 
 
-def fit(tmp_path, tiny_model_dir, restart: PlateauRestart, steps: int = 4) -> tuple[L.Trainer, SFTModule, list]:
+def fit(tmp_path, tiny_model_dir, restart: PlateauRestart, steps: int = 4, **module_args
+        ) -> tuple[L.Trainer, SFTModule, list]:
     data = write_traces(tmp_path / "traces.jsonl", n=32)
     dm = TraceDataModule(tokenizer_path=str(tiny_model_dir), train_file=str(data), max_seq_len=256, batch_size=2)
-    module = SFTModule(model_path=str(tiny_model_dir), optim=OptimArgs(lr=1e-4, warmup_ratio=0.5))
+    module = SFTModule(model_path=str(tiny_model_dir), optim=OptimArgs(lr=1e-4, warmup_ratio=0.5), **module_args)
     lrs = []
 
     class LearningRates(L.Callback):
@@ -58,10 +59,11 @@ def fit(tmp_path, tiny_model_dir, restart: PlateauRestart, steps: int = 4) -> tu
 
 
 def test_a_run_above_the_bar_restarts_from_fresh_weights_and_trains_as_long_again(tmp_path, tiny_model_dir, capsys):
-    restart = PlateauRestart(at_step=2, above=-1.0, max_restarts=2, window=2, seed=7)  # every attempt is above
+    every_attempt_above = {"train/loss": Bar(2, -1.0)}
+    restart = PlateauRestart(bars=every_attempt_above, max_restarts=2, window=2, seed=7)
     trainer, module, lrs = fit(tmp_path, tiny_model_dir, restart)
     out = capsys.readouterr().out  # stdout: what the pipeline's console shows
-    assert "restart 2 of 2, initialisation seed 2007" in out and "kept attempt 3" in out
+    assert "restart 2 of 2, initialisation seed 2007" in out and "attempt 3 kept" in out
     assert out.count("\nPlateauRestart: ") == 3  # each decision on a line of its own, not after a progress bar
     assert restart.restarts == 2 and restart.judged and restart.extra_steps == 4
     assert trainer.global_step == 4 + 2 * 2  # the kept attempt trained the full 4 steps
@@ -78,18 +80,33 @@ def test_a_run_above_the_bar_restarts_from_fresh_weights_and_trains_as_long_agai
 
 def test_a_run_below_the_bar_is_kept_and_not_lengthened(tmp_path, tiny_model_dir):
     start = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).model.embed_tokens.weight.detach().clone()
-    restart = PlateauRestart(at_step=2, above=1e9, window=2)
+    restart = PlateauRestart(bars={"train/loss": Bar(2, 1e9)}, window=2)
     trainer, module, _ = fit(tmp_path, tiny_model_dir, restart)
     assert restart.restarts == 0 and restart.judged and trainer.global_step == 4
     drift = (module.model.model.embed_tokens.weight.detach() - start).abs().max()
     assert 0 < drift < 1e-3  # trained on from the loaded weights, not redrawn
 
 
+def test_each_metric_is_judged_at_its_own_step_and_any_above_its_bar_restarts(tmp_path, tiny_model_dir, capsys):
+    # the total loss passes its bar at step 2; the loss on the answer's first token (token_losses) fails at step 3
+    restart = PlateauRestart(bars={"train/loss": Bar(2, 1e9), "train/loss_answer": Bar(3, -1.0)}, max_restarts=1,
+                             window=2)
+    trainer, _, _ = fit(tmp_path, tiny_model_dir, restart, token_losses={"answer": ["The answer is"]})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PlateauRestart")]
+    assert lines[0].startswith("PlateauRestart: attempt 1 passed: train/loss ") and "at step 2 of it" in lines[0]
+    assert "train/loss_answer" in lines[1] and "(bar -1.0) at step 3 of attempt 1; restart 1 of 1" in lines[1]
+    assert "attempt 2 passed: train/loss " in lines[2]  # judged afresh in the new attempt
+    assert "attempt 2 kept: train/loss_answer" in lines[3]  # no restart left: kept whatever its loss
+    assert restart.restarts == 1 and restart.extra_steps == 3 and trainer.global_step == 4 + 3
+    with pytest.raises(ValueError, match="logs no 'train/loss_other'"):
+        fit(tmp_path, tiny_model_dir, PlateauRestart(bars={"train/loss_other": Bar(2, 1.0)}, window=2))
+
+
 def test_bad_settings_name_the_argument():
-    with pytest.raises(ValueError, match="window \\(60\\) must not be longer than at_step \\(50\\)"):
-        PlateauRestart(at_step=50, above=0.2, window=60)
-    with pytest.raises(ValueError, match="at_step >= 1"):
-        PlateauRestart(at_step=0, above=0.2)
+    with pytest.raises(ValueError, match="at_step must be >= 1 and not shorter than the window \\(60\\)"):
+        PlateauRestart(bars={"train/loss": Bar(50, 0.2)}, window=60)
+    with pytest.raises(ValueError, match="at least one metric"):
+        PlateauRestart(bars={})
 
 
 def test_a_resumed_run_keeps_its_restarts_and_its_length(tmp_path, tiny_model_dir):
@@ -107,9 +124,9 @@ def test_a_resumed_run_keeps_its_restarts_and_its_length(tmp_path, tiny_model_di
         trainer.fit(SFTModule(model_path=str(tiny_model_dir)), dm, ckpt_path=ckpt_path)
         return trainer
 
-    interrupted = PlateauRestart(at_step=2, above=-1.0, max_restarts=1, window=2)
+    interrupted = PlateauRestart(bars={"train/loss": Bar(2, -1.0)}, max_restarts=1, window=2)
     assert run([interrupted, StopAt()]).global_step == 3 and interrupted.restarts == 1
-    resumed = PlateauRestart(at_step=2, above=-1.0, max_restarts=1, window=2)
+    resumed = PlateauRestart(bars={"train/loss": Bar(2, -1.0)}, max_restarts=1, window=2)
     trainer = run([resumed], ckpt_path="last")
     assert resumed.restarts == 1 and resumed.extra_steps == 2
     assert trainer.global_step == 3 + 2  # 3 steps after the restart, no second restart

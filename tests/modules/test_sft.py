@@ -76,6 +76,26 @@ def test_forward_loss_equals_cross_entropy_of_the_full_logits_with_gradients(tin
         torch.testing.assert_close(ours[name], param.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_token_losses_are_the_cross_entropy_at_the_chosen_targets_only(tiny_model_dir):
+    module = built(SFTModule(model_path=str(tiny_model_dir), token_losses={"answer": [" answer is", " The"]}))
+    tok = module.tokenizer
+    answer, the = (tok(t, add_special_tokens=False)["input_ids"][0] for t in (" answer", " The"))
+    ids = torch.tensor(tok("Compute 2. The answer is 4. The end", add_special_tokens=False)["input_ids"])
+    batch = collate_padded([{"input_ids": ids, "labels": ids}], pad_id=0, pad_to_multiple_of=1)
+    with torch.no_grad():
+        loss, count = module.forward_loss(batch)
+        logits = module.model(input_ids=batch["input_ids"]).logits[0, :-1]
+    every = torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none")
+    chosen = (ids[1:] == answer) | (ids[1:] == the)
+    assert chosen.sum() == 3  # " The", " answer", " The": the texts' first tokens, wherever they are targets
+    chosen_sum, chosen_count = module._token_sums["answer"]
+    assert chosen_count == 3
+    torch.testing.assert_close(chosen_sum, every[chosen].sum(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, every.sum(), rtol=1e-5, atol=1e-5)  # the trained loss is unchanged
+    with pytest.raises(ValueError, match="token_losses.none: every text must have a token"):
+        built(SFTModule(model_path=str(tiny_model_dir), token_losses={"none": [""]}))
+
+
 def test_fused_kernels_switch_falls_back_to_pytorch_on_cpu(tmp_path, tiny_model_dir):
     # liger's Triton kernels need CUDA: on CPU the switch changes nothing, and training runs with the same loss
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
