@@ -80,14 +80,14 @@ class PlateauRestart(L.Callback):
 
     def __init__(self, bars: dict[str, Bar], max_restarts: int = 2, window: int = 50, seed: int | None = None
                  ) -> None:
+        if window < 1 or max_restarts < 0:
+            raise ValueError(f"PlateauRestart needs window >= 1 and max_restarts >= 0, got {window} and {max_restarts}")
         if not bars:
             raise ValueError("PlateauRestart needs at least one metric in bars")
         for name, bar in bars.items():
-            if bar.at_step < 1 or window > bar.at_step:
-                raise ValueError(f"PlateauRestart: bars.{name}.at_step must be >= 1 and not shorter than the window "
-                                 f"({window}), got {bar.at_step}")
-        if window < 1 or max_restarts < 0:
-            raise ValueError(f"PlateauRestart needs window >= 1 and max_restarts >= 0, got {window} and {max_restarts}")
+            if window > bar.at_step:
+                raise ValueError(f"PlateauRestart: bars.{name}.at_step must not be shorter than the window ({window}), "
+                                 f"got {bar.at_step}")
         self.bars, self.max_restarts, self.window, self.seed = dict(bars), max_restarts, window, seed
         self.restarts, self.attempt_start, self.judged, self.extra_steps = 0, 0, False, 0
         self._losses: dict[str, deque[float]] = {name: deque(maxlen=window) for name in self.bars}
@@ -121,12 +121,11 @@ class PlateauRestart(L.Callback):
         judged = ", ".join(f"{name} {window_mean(self._losses[name]):.3f} (bar {self.bars[name].above})"
                            for name in due)
         failed = [name for name in due if restart_due(self._losses[name], self.bars[name].above)]
-        self._passed.update(name for name in due if name not in failed)
         if not failed or self.restarts == self.max_restarts:
             self._passed.update(due)
             self.judged = self._passed == set(self.bars)
-            kept = "kept" if self.judged else "passed"
-            announce(f"PlateauRestart: attempt {self.restarts + 1} {kept}: {judged} at step {steps} of it")
+            verdict = ("kept" if self.judged else "passed") + (" (no restart left)" if failed else "")
+            announce(f"PlateauRestart: attempt {self.restarts + 1} {verdict}: {judged} at step {steps} of it")
             return
         self.restarts += 1
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))

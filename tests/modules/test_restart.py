@@ -96,14 +96,14 @@ def test_each_metric_is_judged_at_its_own_step_and_any_above_its_bar_restarts(tm
     assert lines[0].startswith("PlateauRestart: attempt 1 passed: train/loss ") and "at step 2 of it" in lines[0]
     assert "train/loss_answer" in lines[1] and "(bar -1.0) at step 3 of attempt 1; restart 1 of 1" in lines[1]
     assert "attempt 2 passed: train/loss " in lines[2]  # judged afresh in the new attempt
-    assert "attempt 2 kept: train/loss_answer" in lines[3]  # no restart left: kept whatever its loss
+    assert "attempt 2 kept (no restart left): train/loss_answer" in lines[3]  # kept whatever its loss
     assert restart.restarts == 1 and restart.extra_steps == 3 and trainer.global_step == 4 + 3
     with pytest.raises(ValueError, match="logs no 'train/loss_other'"):
         fit(tmp_path, tiny_model_dir, PlateauRestart(bars={"train/loss_other": Bar(2, 1.0)}, window=2))
 
 
 def test_bad_settings_name_the_argument():
-    with pytest.raises(ValueError, match="at_step must be >= 1 and not shorter than the window \\(60\\)"):
+    with pytest.raises(ValueError, match="train/loss.at_step must not be shorter than the window \\(60\\), got 50"):
         PlateauRestart(bars={"train/loss": Bar(50, 0.2)}, window=60)
     with pytest.raises(ValueError, match="at least one metric"):
         PlateauRestart(bars={})
