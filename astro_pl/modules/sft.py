@@ -9,6 +9,7 @@ The model is exported in HF format by the `astro_pl.modules.export.HFExport` cal
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning as L
@@ -23,6 +24,8 @@ from astro_pl.modules.lm_head import head_output
 from astro_pl.modules.logprobs import linear_logprobs_and_entropy
 from astro_pl.modules.lora import LoraArgs, add_lora
 from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
+
+log = logging.getLogger(__name__)
 
 
 def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -44,11 +47,23 @@ def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
 
 
 def first_token_ids(tokenizer, texts: list[str], field: str) -> torch.Tensor:
-    """Ids of each text's first token (" dead" -> the id of "Ġdead"), for a loss over the tokens that start them."""
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"][:1] for text in texts]
-    if not texts or not all(ids):
-        raise ValueError(f"{field}: every text must have a token, got {texts!r}")
-    return torch.tensor(sorted({i[0] for i in ids}))
+    """Ids of each text's first token (" dead" -> the id of "Ġdead"), for a loss over the tokens that start them.
+
+    A text whose first token here is only whitespace (" dead" where the tokenizer never saw "dead": "Ġ", "d", ...)
+    is left out with a warning, since that token also stands for every other space.
+    """
+    ids = set()
+    for text in texts:
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise ValueError(f"{field}: every text must have a token, got {text!r}")
+        if tokenizer.decode(tokens[:1]).strip():
+            ids.add(tokens[0])
+        else:
+            log.warning("%s: %r starts with a whitespace token in this tokenizer, so it is not counted", field, text)
+    if not ids:
+        raise ValueError(f"{field}: none of {texts!r} starts with a token of its own in this tokenizer")
+    return torch.tensor(sorted(ids))
 
 
 class SFTModule(L.LightningModule):

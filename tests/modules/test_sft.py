@@ -96,6 +96,18 @@ def test_token_losses_are_the_cross_entropy_at_the_chosen_targets_only(tiny_mode
         built(SFTModule(model_path=str(tiny_model_dir), token_losses={"none": [""]}))
 
 
+def test_token_losses_leave_out_a_text_whose_first_token_is_a_bare_space(tiny_model_dir, caplog):
+    # a word the tokenizer never saw starts with "Ġ" alone, which would count every space
+    module = SFTModule(model_path=str(tiny_model_dir), token_losses={"mixed": [" qzxv", " The"], "bare": [" qzxv"]})
+    tok = module.tokenizer
+    assert tok.decode(tok(" qzxv", add_special_tokens=False)["input_ids"][:1]).strip() == ""
+    with pytest.raises(ValueError, match="token_losses.bare: none of \\[' qzxv'\\] starts with a token of its own"):
+        built(module)
+    module = built(SFTModule(model_path=str(tiny_model_dir), token_losses={"mixed": [" qzxv", " The"]}))
+    assert module._token_ids["mixed"].tolist() == tok(" The", add_special_tokens=False)["input_ids"][:1]
+    assert "' qzxv' starts with a whitespace token" in caplog.text
+
+
 def test_fused_kernels_switch_falls_back_to_pytorch_on_cpu(tmp_path, tiny_model_dir):
     # liger's Triton kernels need CUDA: on CPU the switch changes nothing, and training runs with the same loss
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
