@@ -3,7 +3,8 @@ between arms and between stages against the seeds' spread.
 
 A difference counts as beyond noise when it is more than twice the seed standard deviation that bounds it: for two
 arms, the larger of their sample stds; for a change between two stages of one arm, the std of its per-seed changes.
-The runs are `<arm>-seed<N>/summary.json` folders that `astro pipeline` writes.
+The runs are `<arm>-seed<N>/summary.json` folders that `astro pipeline` writes; the restarts of each run's training
+(`PlateauRestart`'s verdicts, printed into its stage logs) are listed too, since they say how many draws a seed took.
 """
 
 from __future__ import annotations
@@ -115,7 +116,23 @@ def compare_runs(root: str | Path) -> str:
               for (arm, stage), per_seed in accuracy.items()]
     lines += ["", "pass@1 margins in points, beyond noise when more than twice the seed std that bounds them:", ""]
     lines += margin_lines(accuracy, arms, stages)
+    if restarts := restart_lines(root):
+        lines += ["", "restarts from a fresh initialisation (each run's `PlateauRestart` verdicts):", "", *restarts]
     return "\n".join(lines)
+
+
+RESTART_PREFIX = "PlateauRestart: "
+
+
+def restart_lines(root: str | Path) -> list[str]:
+    """One line per run stage whose log (`<run>/logs/<stage>.log`) holds restart verdicts, in the order printed."""
+    lines = []
+    for log in sorted(Path(root).glob("*-seed*/logs/*.log")):
+        verdicts = [line.strip()[len(RESTART_PREFIX):] for line in log.read_text(errors="replace").splitlines()
+                    if line.startswith(RESTART_PREFIX)]
+        if verdicts:
+            lines.append(f"- {log.parent.parent.name}, {log.stem}: " + "; ".join(verdicts))
+    return lines
 
 
 def margin_lines(accuracy: dict[tuple[str, str], dict[int, float]], arms: list[str], stages: list[str]) -> list[str]:

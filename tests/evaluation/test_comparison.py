@@ -61,3 +61,21 @@ def test_compare_runs_gives_mean_and_spread_per_arm(tmp_path):
     assert "- rl-eval: astro - direct = +20.0 (per seed +10.0); twice the larger seed std 28.3: one seed" in text
     assert "- astro, sft-eval -> rl-eval: +10.0 (per seed +10.0, +10.0); twice its std 0.0: beyond noise" in text
     assert "- direct, sft-eval -> rl-eval: +5.0 (per seed +5.0); twice its std 0.0: one seed" in text
+
+
+def test_compare_runs_lists_each_runs_restart_verdicts_from_its_stage_logs(tmp_path):
+    astro_log = ("Epoch 0: 10%|#| 20/200 [loss=5.3]\r\nPlateauRestart: train/loss 0.291 (bar 0.22) at step 1750 of "
+                 "attempt 1; restart 1 of 3\nEpoch 0: 11%\r\n"
+                 "PlateauRestart: attempt 2 kept: train/loss 0.116 (bar 0.22) at step 1750 of it\n")
+    for name, log in [("astro-seed0", astro_log), ("direct-seed0", "no restart judged here\n")]:
+        (tmp_path / name / "logs").mkdir(parents=True)
+        (tmp_path / name / "logs" / "sft.log").write_text(log)
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"seed": 0, "stages": {"sft-eval": {"accuracy": 0.5, "mean_backtracks": 0.0}}}))
+    text = compare_runs(tmp_path)
+    assert text.endswith("\n- astro-seed0, sft: train/loss 0.291 (bar 0.22) at step 1750 of attempt 1; restart 1 of 3; "
+                         "attempt 2 kept: train/loss 0.116 (bar 0.22) at step 1750 of it")
+    assert "direct-seed0, sft" not in text
+    (tmp_path / "astro-seed0" / "logs" / "sft.log").write_text("")
+    assert "restarts from a fresh initialisation" not in compare_runs(tmp_path)  # no verdicts: no section
+
