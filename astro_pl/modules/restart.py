@@ -89,9 +89,14 @@ class PlateauRestart(L.Callback):
                 raise ValueError(f"PlateauRestart: bars.{name}.at_step must not be shorter than the window ({window}), "
                                  f"got {bar.at_step}")
         self.bars, self.max_restarts, self.window, self.seed = dict(bars), max_restarts, window, seed
-        self.restarts, self.attempt_start, self.judged, self.extra_steps = 0, 0, False, 0
+        self.restarts, self.attempt_start, self.extra_steps = 0, 0, 0
         self._losses: dict[str, deque[float]] = {name: deque(maxlen=window) for name in self.bars}
         self._passed: set[str] = set()  # metrics of this attempt judged below their bar
+
+    @property
+    def judged(self) -> bool:
+        """Whether the kept attempt is settled: every metric passed (or was let pass with no restart left)."""
+        return self._passed == set(self.bars)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Checks the setting and, on a resumed run, lengthens it again (before the loop sees max_steps reached)."""
@@ -123,7 +128,6 @@ class PlateauRestart(L.Callback):
         failed = [name for name in due if restart_due(self._losses[name], self.bars[name].above)]
         if not failed or self.restarts == self.max_restarts:
             self._passed.update(due)
-            self.judged = self._passed == set(self.bars)
             verdict = ("kept" if self.judged else "passed") + (" (no restart left)" if failed else "")
             announce(f"PlateauRestart: attempt {self.restarts + 1} {verdict}: {judged} at step {steps} of it")
             return
@@ -147,10 +151,9 @@ class PlateauRestart(L.Callback):
         pl_module.log("train/restarts", float(self.restarts), rank_zero_only=True)
 
     def state_dict(self) -> dict:
-        return {"restarts": self.restarts, "attempt_start": self.attempt_start, "judged": self.judged,
-                "extra_steps": self.extra_steps, "passed": sorted(self._passed)}
+        return {"restarts": self.restarts, "attempt_start": self.attempt_start, "extra_steps": self.extra_steps,
+                "passed": sorted(self._passed)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.restarts, self.attempt_start = state_dict["restarts"], state_dict["attempt_start"]
-        self.judged, self.extra_steps = state_dict["judged"], state_dict["extra_steps"]
-        self._passed = set(state_dict.get("passed", ()))
+        self.extra_steps, self._passed = state_dict["extra_steps"], set(state_dict["passed"])

@@ -28,6 +28,13 @@ from astro_pl.modules.optim import OptimArgs, configure_adamw_cosine
 log = logging.getLogger(__name__)
 
 
+def per_token_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """[M] cross-entropy of each of `labels` under the LM head applied to `hidden` [M, D], in chunks (no [M, V]
+    logits)."""
+    return -linear_logprobs_and_entropy(hidden, weight, labels, bias=bias)[0]
+
+
 def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                    bias: torch.Tensor | None = None, liger: bool = False) -> torch.Tensor:
     """Summed cross-entropy of `labels` under the LM head applied to `hidden`, in chunks (no [M, V] logits).
@@ -43,7 +50,7 @@ def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     """
     if liger:
         return liger_linear_cross_entropy_sum(hidden, weight, labels, bias)
-    return -linear_logprobs_and_entropy(hidden, weight, labels, bias=bias)[0].sum()
+    return per_token_loss(hidden, weight, labels, bias).sum()
 
 
 def first_token_ids(tokenizer, texts: list[str], field: str) -> torch.Tensor:
@@ -150,13 +157,12 @@ class SFTModule(L.LightningModule):
         autocast = self.compute_dtype != torch.float32 and self.device_mesh is None
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-
         labels = targets[rows, cols]
 
         def loss_sum(hidden, weight, bias):
             if not self._token_ids:
                 return token_loss_sum(hidden, weight, labels, bias, self._liger)
-            losses = -linear_logprobs_and_entropy(hidden, weight, labels, bias=bias)[0]
+            losses = per_token_loss(hidden, weight, labels, bias)
             for name, ids in self._token_ids.items():
                 chosen = torch.isin(labels, ids.to(labels.device))
                 self._token_sums[name] = (losses.detach()[chosen].sum(), chosen.sum())
