@@ -28,7 +28,7 @@ from astro_pl.rollout.base import EngineArgs  # noqa: E402
 from astro_pl.rollout.vllm import VLLMEngine  # noqa: E402
 from astro_pl.search.mcts import SearchArgs, search_trees  # noqa: E402
 from astro_pl.search.proposers import LLMProposerArgs, LLMStepProposer  # noqa: E402
-from astro_pl.tasks.arithmetic import synthetic_arithmetic  # noqa: E402
+from astro_pl.tasks.arithmetic import ArithmeticTask, synthetic_arithmetic  # noqa: E402
 
 
 def tiny_model(root: Path) -> Path:
@@ -67,12 +67,13 @@ def main() -> None:
         problems = synthetic_arithmetic(opts.problems, seed=0)
         budget = dict(iterations=opts.iterations, num_children=opts.num_children, num_rollouts=opts.num_rollouts,
                       max_depth=opts.iterations + 1)
-        timed_search(LLMStepProposer(engine, tokenizer, llm), problems[:2], SearchArgs(**budget, batch_size=2))
+        task = ArithmeticTask()
+        timed_search(LLMStepProposer(engine, tokenizer, task, llm), problems[:2], SearchArgs(**budget, batch_size=2))
         modes = {"batched": (problems, len(problems)), "one_tree": (problems[: opts.one_tree_problems], 1)}
         runs = {mode: [] for mode in modes}
         for _ in range(opts.repeats):  # interleaved, best of each: other jobs on the machine only ever slow a run
             for mode, (subset, batch_size) in modes.items():
-                proposer = LLMStepProposer(engine, tokenizer, llm)
+                proposer = LLMStepProposer(engine, tokenizer, task, llm)
                 runs[mode].append(timed_search(proposer, subset, SearchArgs(**budget, batch_size=batch_size)))
         engine.close()
 

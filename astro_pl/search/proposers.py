@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from astro_pl.data.chat import render_prompt
-from astro_pl.rewards.math import extract_final_answer
 from astro_pl.rollout.base import Completion, RolloutEngine, SamplingArgs
-from astro_pl.tasks.base import State, Step, normalise
+from astro_pl.tasks.base import State, Step, Task, normalise
 
 
 @dataclass
@@ -58,8 +57,10 @@ class LLMProposerArgs:
 class LLMStepProposer:
     """Steps and rollouts sampled from a language model through a `RolloutEngine`."""
 
-    def __init__(self, engine: RolloutEngine, tokenizer, args: LLMProposerArgs | None = None):
-        self.engine, self.tokenizer, self.args = engine, tokenizer, args or LLMProposerArgs()
+    def __init__(self, engine: RolloutEngine, tokenizer, task: Task, args: LLMProposerArgs | None = None):
+        """`task` reads what the model writes: a sampled step through `Task.read_step` (the domain's rules, so an
+        illegal step is dropped), a rollout's final answer through `Task.final_answer` (none when cut off)."""
+        self.engine, self.tokenizer, self.task, self.args = engine, tokenizer, task, args or LLMProposerArgs()
         self._calls = 0
 
     def prompt(self, state: State) -> str:
@@ -81,22 +82,21 @@ class LLMStepProposer:
             return []
         params = self._sampling(k, self.args.max_step_tokens, (self.args.step_delimiter,), logprobs=True)
         outputs = self.engine.generate([self.prompt(s) for s in states], params)
-        return [self._steps(completions) for completions in outputs]
+        return [self._steps(state, completions) for state, completions in zip(states, outputs, strict=True)]
 
-    def _steps(self, completions: Sequence[Completion]) -> list[Step]:
-        # An empty completion (the model ended, or wrote only the delimiter) is no step: it is dropped, so it never
-        # becomes a node, a terminal or an empty paragraph of a trace; priors are normalised over the steps kept.
-        kept = [(c, c.text.strip()) for c in completions if c.text.strip()]
+    def _steps(self, state: State, completions: Sequence[Completion]) -> list[Step]:
+        # An empty completion (the model ended, or wrote only the delimiter) is no step, nor is one the task reads as
+        # illegal: it is dropped, so it never becomes a node, a terminal or an empty paragraph of a trace; priors are
+        # normalised over the steps kept.
+        read = [(c, self.task.read_step(state, c.text.strip())) for c in completions if c.text.strip()]
+        kept = [(c, step) for c, step in read if step is not None]
         weights = [math.exp(sum(c.logprobs) / len(c.logprobs)) if c.logprobs else 0.0 for c, _ in kept]
-        steps = []
-        for (_, text), prior in zip(kept, normalise(weights) if kept else [], strict=True):
-            answer = extract_final_answer(text)
-            steps.append(Step(text=text, prior=prior, terminal=answer is not None, answer=answer))
-        return steps
+        return [Step(step.text, prior, step.terminal, step.answer)
+                for (_, step), prior in zip(kept, normalise(weights) if kept else [], strict=True)]
 
     def rollout(self, states: Sequence[State], m: int) -> list[list[str | None]]:
         if not states:
             return []
         params = self._sampling(m, self.args.max_rollout_tokens, (), logprobs=False)  # only the answer counts
         outputs = self.engine.generate([self.prompt(s) for s in states], params)
-        return [[extract_final_answer(c.text) for c in completions] for completions in outputs]
+        return [[self.task.final_answer(c.text, c.finish_reason) for c in completions] for completions in outputs]

@@ -124,7 +124,7 @@ def build_proposer(kind: str, task: Task, llm: LLMProposerArgs, engine: EngineAr
 
     rollout_engine = build_engine(engine)
     tokenizer = load_tokenizer(engine.tokenizer or engine.model)
-    return LLMStepProposer(rollout_engine, tokenizer, llm), rollout_engine
+    return LLMStepProposer(rollout_engine, tokenizer, task, llm), rollout_engine
 
 
 def check_sizes(problems: list[Problem], max_chars: int, where: str) -> None:

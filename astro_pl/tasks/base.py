@@ -41,6 +41,14 @@ class Step(NamedTuple):
     """The final answer the step states (None if it states none)."""
 
 
+class ReadStep(NamedTuple):
+    """A model's step as its domain reads it (`Task.read_step`)."""
+
+    text: str
+    terminal: bool
+    answer: str | None
+
+
 @runtime_checkable
 class StepProposer(Protocol):
     """Proposes next steps and rolls states out to final answers, for many states per call."""
@@ -102,6 +110,14 @@ class Task(ABC):
         """The task's own verdicts on one response (`answer`: its final answer as scored, None when cut off);
         `astro eval` reports each key's mean over the responses where it is not None. None by default."""
         return {}
+
+    def read_step(self, state: State, text: str) -> ReadStep | None:
+        """How the domain reads a step a model wrote after `state` (`astro search --proposer llm`): the step as the
+        tree keeps it, or None when it is no legal step (the proposer drops it, as it drops an empty sample). By
+        default any text is a step, terminal when it states a final answer. A domain with rules (a graph's edges, a
+        game's moves) overrides this, so the environment, not the model's own words, says where a path ends."""
+        answer = self.extract_answer(text)
+        return ReadStep(text, answer is not None, answer)
 
     def teacher(self) -> StepProposer | None:
         """A scripted step proposer for search (an environment standing in for a model), if the domain has one."""

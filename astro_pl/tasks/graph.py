@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from astro_pl.data.problems import Problem
-from astro_pl.tasks.base import Split, State, Step, Task, normalise
+from astro_pl.tasks.base import ReadStep, Split, State, Step, Task, normalise
 
 DEAD = "dead"
 """The word a step says at a node with no outgoing edge."""
@@ -133,16 +133,29 @@ def graph_stream(seed: int, arms: int, arm_length: int, node_min: int, node_max:
                      "node_max or lower num_train/num_val/num_test")
 
 
-def describe_move(graph: Graph, path: Sequence[int], node: int) -> tuple[str, bool, str | None]:
-    """The step moving from the end of `path` to `node`: (text, terminal, answer). A dead end says "dead" and its
-    answer is the walked path (a wrong attempt); the goal states the path in `\\boxed{}`."""
+def describe_move(graph: Graph, path: Sequence[int], node: int) -> ReadStep:
+    """The step moving from the end of `path` to `node`. A dead end says "dead" and its answer is the walked path (a
+    wrong attempt); the goal states the path in `\\boxed{}`."""
     walked = format_path([*path, node])
     text = f"{path[-1]}>{node}"
     if node == graph.goal:
-        return f"{text} \\boxed{{{walked}}}", True, walked
+        return ReadStep(f"{text} \\boxed{{{walked}}}", True, walked)
     if not graph.successors(node):
-        return f"{text} {DEAD}", True, walked
-    return text, False, None
+        return ReadStep(f"{text} {DEAD}", True, walked)
+    return ReadStep(text, False, None)
+
+
+def read_move(graph: Graph, path: Sequence[int], text: str) -> ReadStep | None:
+    """A model's step "a>b ..." read as a move from the end of `path`: the move `describe_move` writes (what the
+    model wrote after "a>b" is not trusted: the graph says whether b is a dead end or the goal), or None unless a is
+    where the path ends and a>b is one of the prompt's edges."""
+    match = _MOVE.match(text.strip())
+    if match is None or int(match.group(1)) != path[-1]:
+        return None
+    node = int(match.group(2))
+    if node not in graph.successors(path[-1]) or node in path:
+        return None
+    return describe_move(graph, path, node)
 
 
 def walked_path(graph: Graph, steps: Sequence[str]) -> list[int]:
@@ -311,6 +324,11 @@ class GraphTask(Task):
         this is `valid_path` for a gold answer; wrong attempts group by their path)."""
         path = parse_path(answer)
         return path is not None and path == parse_path(gold)
+
+    def read_step(self, state: State, text: str) -> ReadStep | None:
+        """A model's move, read against the prompt's graph (`read_move`); None for any other text."""
+        graph, path = ScriptedGraphTeacher.position(state)
+        return read_move(graph, path, text)
 
     def teacher(self) -> ScriptedGraphTeacher:
         return ScriptedGraphTeacher(self.teacher_args)

@@ -239,7 +239,7 @@ def test_a_lucky_terminal_alone_yields_no_trace():
 
 
 def test_llm_judge_is_the_search_models_self_evaluation(vllm_engine, tiny_model_dir):
-    proposer = LLMStepProposer(vllm_engine, load_tokenizer(str(tiny_model_dir)))
+    proposer = LLMStepProposer(vllm_engine, load_tokenizer(str(tiny_model_dir)), ArithmeticTask())
     judge = build_judge("llm", ArithmeticTask(), proposer, SelfEvalArgs(num_samples=2, max_tokens=4, seed=3))
     assert judge.engine is vllm_engine and (judge.num_samples, judge.max_tokens, judge.seed) == (2, 4, 3)
     assert judge.render("Is it sound?") == "<s><|user|>\nIs it sound?\n<|assistant|>\n"

@@ -124,6 +124,18 @@ def test_teacher_steps_follow_edges_and_terminals_are_dead_ends_or_goal():
         teacher.propose([State("Evaluate 1 + 2.")], k=2)
 
 
+def test_a_models_step_is_read_against_the_graph():
+    """The graph, not the model's words, says what a move is: "dead" and boxes are rewritten, illegal moves dropped."""
+    read = GraphTask().read_step
+    assert read(State(PROBLEM), "97>57") == ("97>57", False, None)
+    assert read(State(PROBLEM), "97>57 \\boxed{97 57}") == ("97>57", False, None)        # a false claim is not kept
+    assert read(State(PROBLEM, ("97>57", "57>44")), "44>43") == ("44>43 dead", True, "97 57 44 43")  # unsaid dead end
+    assert read(State(PROBLEM, ("97>98",)), "98>77 dead") == ("98>77", False, None)    # a false "dead" is not kept
+    assert read(State(PROBLEM, ("97>98", "98>77")), "77>71") == ("77>71 \\boxed{97 98 77 71}", True, "97 98 77 71")
+    for steps, text in ((), "97>77"),  (("97>98",), "97>57"), ((), "restart."), ((), "back to \"97>57\""):
+        assert read(State(PROBLEM, steps), text) is None, text   # not an edge / not from the path's end / no move
+
+
 def test_judge_accepts_only_moves_along_prompt_edges():
     assert sound_steps(PROBLEM, ["97>98", "98>77", "77>71 \\boxed{97 98 77 71}"])
     assert GraphTask().sound(PROBLEM, ["97>98"])
