@@ -42,6 +42,9 @@ class CheckpointEvalArgs:
     eval_config: str
     """An `astro eval` YAML (benchmarks, engine, sampling); its `model` is replaced by each HF checkpoint and is the
     base model of .ckpt checkpoints; its `out_dir` is replaced by `out_dir/step<N>`."""
+    eval_overrides: list[str] = field(default_factory=list)
+    """More `astro eval` arguments, applied after `eval_config` as on its command line, e.g.
+    `[--task.init_args.arms, "4"]`: the checkpoints scored as the pipeline's own eval stages score them."""
     checkpoints: list[str] = field(default_factory=list)
     """HF model folders or Lightning .ckpt files, in any order (sorted by step)."""
     steps: list[int] | None = None
@@ -97,7 +100,8 @@ def find_checkpoints(args: CheckpointEvalArgs) -> list[tuple[int, Path]]:
 def eval_args_for(args: CheckpointEvalArgs, path: Path, out_dir: Path) -> EvalArgs:
     """The eval config with this checkpoint as its model (an HF folder) or its weights (a .ckpt file)."""
     which = "--checkpoint" if path.suffix == ".ckpt" else "--model"
-    eval_args = parse_eval_args(["--config", args.eval_config, which, str(path), "--out_dir", str(out_dir)])
+    eval_args = parse_eval_args(["--config", args.eval_config, *args.eval_overrides,
+                                 which, str(path), "--out_dir", str(out_dir)])
     if eval_args.shard or eval_args.merge:
         raise ValueError(f"--eval_config {args.eval_config}: shard/merge do not apply here; remove them")
     return eval_args

@@ -10,6 +10,7 @@ from astro_pl.evaluation.checkpoints import (
     CheckpointEvalArgs,
     across_checkpoints,
     checkpoint_step,
+    eval_args_for,
     find_checkpoints,
     markdown,
     pearson,
@@ -98,3 +99,11 @@ def test_find_checkpoints_in_a_folder_and_a_list(tmp_path):
         CheckpointEvalArgs(eval_config="e.yaml", checkpoints=["a", "b"], steps=[1])
     with pytest.raises(ValueError, match="--checkpoints and/or --folder"):
         CheckpointEvalArgs(eval_config="e.yaml")
+
+
+def test_eval_overrides_apply_after_the_eval_config(tmp_path):
+    args = CheckpointEvalArgs(eval_config="configs/graph/eval.yaml", checkpoints=["m"], steps=[0],
+                              eval_overrides=["--task.init_args.arms", "4", "--max_tokens", "64"])
+    eval_args = eval_args_for(args, tmp_path / "hf-step8", tmp_path / "step8")
+    assert (eval_args.task.shape["arms"], eval_args.max_tokens, eval_args.temperature) == (4, 64, 0.6)
+    assert (eval_args.model, eval_args.out_dir) == (str(tmp_path / "hf-step8"), str(tmp_path / "step8"))
