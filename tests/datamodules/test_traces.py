@@ -94,9 +94,18 @@ def test_tokenises_once_into_a_cache_keyed_by_settings(tiny_model_dir, traces, m
     dm = make_dm(tiny_model_dir, traces, max_seq_len=256)
     caches = list((traces.parent / ".astro_cache").glob("*.pt"))
     assert len(caches) == 1
-    # a second DataModule with the same settings reads the cache instead of tokenising
+    # every example end to end in one tensor: loading costs per tensor, not per token
+    data = torch.load(caches[0], weights_only=True)
+    assert {k: v.dim() for k, v in data.items() if k != "stats"} == {"input_ids": 1, "labels": 1, "lengths": 1}
+    assert data["lengths"].sum() == data["input_ids"].numel() == data["labels"].numel()
+    # a second DataModule with the same settings reads the cache instead of tokenising, once (in setup, not in
+    # prepare_data)
     monkeypatch.setattr("astro_pl.datamodules.traces.tokenize_examples", lambda *a: pytest.fail("re-tokenised"))
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     again = make_dm(tiny_model_dir, traces, max_seq_len=256)
+    assert len(loads) == 1
     assert [e["input_ids"].tolist() for e in again.datasets["train"]] == [
         e["input_ids"].tolist() for e in dm.datasets["train"]
     ]
