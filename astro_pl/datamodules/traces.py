@@ -223,8 +223,9 @@ class TraceDataModule(L.LightningDataModule):
     def write_cache(self, split: str) -> Path:
         """Tokenises `split` into its cache unless the cache is there; returns the cache's path.
 
-        The cache holds every example's tokens end to end in one tensor and their lengths in another: one tensor
-        per example made loading 128,000 traces take 50 s (the unpickler's cost is per tensor), now under a second.
+        The cache holds every example's tokens and labels end to end in two tensors, and their lengths in a third:
+        a tensor per example made loading 128,000 traces take 50 s (the unpickler's cost is per tensor), now under a
+        second.
         """
         path = self.splits()[split]
         if not path.exists():
