@@ -4,17 +4,21 @@ Why: some skills a tiny model learns in a phase change, early or never. The grap
 circuit) forms within about 2,000 steps in some initialisations and in none of the next 2,000 in the others
 (docs/graph-task-log.md), so over seeds the result measures the draw, not the method. Judging the training loss at
 a step and, above a bar, drawing every weight afresh (new seed, fresh optimiser moments, the schedule from its start,
-the run lengthened by the steps spent) gives each seed a few draws; the restarts are logged and counted.
+the run lengthened by the steps spent) gives each seed a few draws; the restarts are logged and counted. When no draw
+passes, the one that came closest is trained on (a draw with the look-up but not yet the terminal check beats one with
+neither), not merely the last.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning as L
 import torch
@@ -52,6 +56,13 @@ def restart_due(losses: Sequence[float], above: float) -> bool:
     return math.isnan(mean) or mean > above
 
 
+def attempt_score(passed: int, excesses: Sequence[float]) -> tuple[int, float]:
+    """How close a failed attempt came, larger is closer: the bars it passed first, then how little its failed metrics
+    were above their bars (summed; a NaN mean is infinitely far)."""
+    excess = sum(math.inf if math.isnan(x) else x for x in excesses)
+    return passed, -excess
+
+
 @dataclass(frozen=True)
 class Bar:
     """One judgement: at `at_step` steps into an attempt, the mean of a metric over the window must be <= `above`."""
@@ -67,19 +78,23 @@ class PlateauRestart(L.Callback):
     logged values. If one is above its bar (and restarts are left), `pl_module.model` is drawn afresh from seed
     `seed + 1000 * k` (restart k), the optimisers' state is cleared and each learning-rate schedule starts over, and
     `max_steps` grows by the steps of the attempt, so the kept attempt trains as long as a run without restarts. An
-    attempt is kept once every metric has passed, or when no restart is left. One process only; not for LoRA models.
+    attempt is kept once every metric has passed. When the last restart fails too, `keep` decides: "best" trains on
+    the failed attempt that came closest (`attempt_score`), from where it was judged (weights, optimiser and schedule
+    as they were then; a copy is held in CPU memory and in checkpoints), "last" the last one. One process only; not
+    for LoRA models.
 
     Args:
         bars: Logged training metric -> its judgement, e.g. {"train/loss": {at_step: 1750, above: 0.22},
             "train/loss_terminal": {at_step: 2500, above: 0.25}} (the second logged by
             `SFTModule(token_losses=...)`): skills that form at different times are judged at different steps.
-        max_restarts: Restarts allowed; the last attempt is kept whatever its losses.
+        max_restarts: Restarts allowed; after the last, an attempt is kept whatever its losses.
         window: Steps whose logged values are averaged.
         seed: Base of the new initialisations' seeds; None: the run's `seed_everything` (0 if none).
+        keep: Which attempt trains on when none passed: the closest ("best") or the last.
     """
 
-    def __init__(self, bars: dict[str, Bar], max_restarts: int = 2, window: int = 50, seed: int | None = None
-                 ) -> None:
+    def __init__(self, bars: dict[str, Bar], max_restarts: int = 2, window: int = 50, seed: int | None = None,
+                 keep: Literal["best", "last"] = "best") -> None:
         if window < 1 or max_restarts < 0:
             raise ValueError(f"PlateauRestart needs window >= 1 and max_restarts >= 0, got {window} and {max_restarts}")
         if not bars:
@@ -88,8 +103,11 @@ class PlateauRestart(L.Callback):
             if window > bar.at_step:
                 raise ValueError(f"PlateauRestart: bars.{name}.at_step must not be shorter than the window ({window}), "
                                  f"got {bar.at_step}")
-        self.bars, self.max_restarts, self.window, self.seed = dict(bars), max_restarts, window, seed
+        if keep not in ("best", "last"):
+            raise ValueError(f"PlateauRestart: keep must be 'best' or 'last', got {keep!r}")
+        self.bars, self.max_restarts, self.window, self.seed, self.keep = dict(bars), max_restarts, window, seed, keep
         self.restarts, self.attempt_start, self.extra_steps = 0, 0, 0
+        self.best: dict | None = None  # the failed attempt that came closest, as it was when judged
         self._losses: dict[str, deque[float]] = {name: deque(maxlen=window) for name in self.bars}
         self._passed: set[str] = set()  # metrics of this attempt judged below their bar
 
@@ -126,11 +144,31 @@ class PlateauRestart(L.Callback):
         judged = ", ".join(f"{name} {window_mean(self._losses[name]):.3f} (bar {self.bars[name].above})"
                            for name in due)
         failed = [name for name in due if restart_due(self._losses[name], self.bars[name].above)]
-        if not failed or self.restarts == self.max_restarts:
+        if not failed:
             self._passed.update(due)
-            verdict = ("kept" if self.judged else "passed") + (" (no restart left)" if failed else "")
+            verdict = "kept" if self.judged else "passed"
             announce(f"PlateauRestart: attempt {self.restarts + 1} {verdict}: {judged} at step {steps} of it")
             return
+        score = attempt_score(len(self._passed) + len(due) - len(failed),
+                              [window_mean(self._losses[name]) - self.bars[name].above for name in failed])
+        if self.restarts == self.max_restarts:
+            if self.keep == "best" and self.best is not None and tuple(self.best["score"]) > score:
+                self._return_to_best(trainer, pl_module, steps)
+                self._passed = set(self.bars)
+                announce(f"PlateauRestart: attempt {self.restarts + 1} failed too: {judged} at step {steps} of it; "
+                         f"attempt {self.best['attempt']} came closest and trains on from its step "
+                         f"{self.best['steps']} (no restart left)")
+            else:
+                self._passed.update(due)
+                verdict = "kept" if self.judged else "passed"
+                announce(f"PlateauRestart: attempt {self.restarts + 1} {verdict} (no restart left): {judged} at step "
+                         f"{steps} of it")
+            return
+        if self.keep == "best" and (self.best is None or score > tuple(self.best["score"])):
+            self.best = {"attempt": self.restarts + 1, "steps": steps, "score": list(score),
+                         "model": {k: v.detach().to("cpu", copy=True) for k, v in pl_module.model.state_dict().items()},
+                         "optimizers": [copy.deepcopy(o.state_dict()) for o in trainer.optimizers],
+                         "schedulers": [copy.deepcopy(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs]}
         self.restarts += 1
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         seed = base + 1000 * self.restarts
@@ -142,18 +180,35 @@ class PlateauRestart(L.Callback):
         for config in trainer.lr_scheduler_configs:
             config.scheduler.last_epoch = -1
             config.scheduler.step()
-        trainer.fit_loop.epoch_loop.max_steps += steps
-        self.extra_steps += steps
-        self.attempt_start = trainer.global_step
+        self._lengthen(trainer, steps)
         self._passed.clear()
         for losses in self._losses.values():
             losses.clear()
         pl_module.log("train/restarts", float(self.restarts), rank_zero_only=True)
 
+    def _lengthen(self, trainer: L.Trainer, steps: int) -> None:
+        """Counts `steps` out of the kept attempt: the run is lengthened by them, and the attempt starts after them."""
+        trainer.fit_loop.epoch_loop.max_steps += steps
+        self.extra_steps += steps
+        self.attempt_start += steps
+
+    def _return_to_best(self, trainer: L.Trainer, pl_module: L.LightningModule, steps: int) -> None:
+        """Trains on from the closest failed attempt as it was when judged: its steps already taken count again, the
+        current attempt's do not."""
+        best = self.best
+        device = next(pl_module.model.parameters()).device
+        pl_module.model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
+        for optimizer, state in zip(trainer.optimizers, best["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        for config, state in zip(trainer.lr_scheduler_configs, best["schedulers"], strict=True):
+            config.scheduler.load_state_dict(state)
+        self._lengthen(trainer, steps - best["steps"])
+
     def state_dict(self) -> dict:
         return {"restarts": self.restarts, "attempt_start": self.attempt_start, "extra_steps": self.extra_steps,
-                "passed": sorted(self._passed)}
+                "passed": sorted(self._passed), "best": self.best}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.restarts, self.attempt_start = state_dict["restarts"], state_dict["attempt_start"]
         self.extra_steps, self._passed = state_dict["extra_steps"], set(state_dict["passed"])
+        self.best = state_dict.get("best")
