@@ -14,6 +14,7 @@ import codecs
 import hashlib
 import json
 import os
+import platform
 import re
 import selectors
 import shlex
@@ -110,6 +111,22 @@ def stage_record(command: list[str]) -> dict:
     files = {arg: hashlib.sha256(Path(arg).read_bytes()).hexdigest()[:16] for arg in command
              if arg.endswith((".yaml", ".yml", ".json")) and Path(arg).is_file()}
     return {"command": command, "config_files": files}
+
+
+def this_machine() -> str:
+    """Where stages run: the processor, the vector instructions torch's CPU kernels use here, any GPU, and torch's
+    version. Floating-point results differ between machines that differ in these, and a skill that forms in a phase
+    change turns a last-digit difference into another outcome (README, "The graph task"), so every stage's result
+    records it."""
+    import torch  # the pipeline trains nothing itself; only this asks torch
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu} ({torch.backends.cpu.get_cpu_capability()}){gpu}, torch {torch.__version__}"
 
 
 def record_difference(earlier: dict, now: dict) -> str:
@@ -210,10 +227,11 @@ def run_pipeline(stages: list[Stage], output_dir: str, seed: int = 0, start_from
     out = Path(output_dir)
     with claim(out, "--output_dir"):
         values = {**(variables or {}), "output_dir": str(out), "seed": str(seed)}
-        return run_stages(stages, out, values, seed, start_from)
+        return run_stages(stages, out, values, seed, start_from, this_machine())
 
 
-def run_stages(stages: list[Stage], out: Path, values: dict[str, str], seed: int, start_from: str | None) -> dict:
+def run_stages(stages: list[Stage], out: Path, values: dict[str, str], seed: int, start_from: str | None,
+               machine: str) -> dict:
     done_dir, names = out / ".done", [s.name for s in stages]
     if start_from is not None:
         for name in names[names.index(start_from):]:
@@ -237,8 +255,8 @@ def run_stages(stages: list[Stage], out: Path, values: dict[str, str], seed: int
             results[stage.name] = previous["stages"][stage.name]
             continue
         seconds = run_stage(stage, values, out / "logs")
-        result: dict = {"seconds": round(seconds, 1), "artifacts": {k: substitute(v, values) for k, v in
-                                                                    stage.artifacts.items()}}
+        result: dict = {"seconds": round(seconds, 1), "machine": machine,
+                        "artifacts": {k: substitute(v, values) for k, v in stage.artifacts.items()}}
         if stage.summary:
             result |= read_eval_summary(Path(substitute(stage.summary, values)), stage.benchmark)
             result["eval_summary"] = substitute(stage.summary, values)  # for `astro report`

@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from astro_pl.pipeline import Stage, StageConsole, format_table, is_bar, run_pipeline, substitute
 
@@ -68,6 +69,8 @@ def test_pipeline_runs_skips_finished_and_restarts(tmp_path, capsys):
     assert "Loading weights" not in (tmp_path / "run/logs/model.log").read_text()  # library bars off in stages
     assert (tmp_path / "run/model/config.json").exists()
     assert summary["stages"]["model"]["artifacts"]["model"] == str(tmp_path / "run/model")
+    machine = summary["stages"]["model"]["machine"]  # where it ran: floating point differs between machines
+    assert f"({torch.backends.cpu.get_cpu_capability()})" in machine and machine.endswith(f"torch {torch.__version__}")
     assert json.loads((tmp_path / "run/summary.json").read_text()) == summary
 
     (tmp_path / "run/model/config.json").unlink()

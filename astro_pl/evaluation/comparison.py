@@ -116,9 +116,22 @@ def compare_runs(root: str | Path) -> str:
               for (arm, stage), per_seed in accuracy.items()]
     lines += ["", "pass@1 margins in points, beyond noise when more than twice the seed std that bounds them:", ""]
     lines += margin_lines(accuracy, arms, stages)
+    if machines := machine_lines(root):
+        lines += ["", "machines the runs' stages ran on (floating-point results, and so which restart draw forms a "
+                  "skill, differ between them):", "", *machines]
     if restarts := restart_lines(root):
         lines += ["", "restarts from a fresh initialisation (each run's `PlateauRestart` verdicts):", "", *restarts]
     return "\n".join(lines)
+
+
+def machine_lines(root: str | Path) -> list[str]:
+    """One line per machine that `astro pipeline` recorded for a run's stages, naming the runs that ran there."""
+    runs_on: dict[str, list[str]] = {}
+    for path in sorted(Path(root).glob("*/summary.json")):
+        stages = json.loads(path.read_text())["stages"].values()
+        for machine in dict.fromkeys(stage["machine"] for stage in stages if stage.get("machine")):
+            runs_on.setdefault(machine, []).append(path.parent.name)
+    return [f"- {machine}: {', '.join(runs)}" for machine, runs in runs_on.items()]
 
 
 RESTART_PREFIX = "PlateauRestart: "

@@ -79,3 +79,20 @@ def test_compare_runs_lists_each_runs_restart_verdicts_from_its_stage_logs(tmp_p
     (tmp_path / "astro-seed0" / "logs" / "sft.log").write_text("")
     assert "restarts from a fresh initialisation" not in compare_runs(tmp_path)  # no verdicts: no section
 
+
+
+def test_compare_runs_names_the_machines_the_runs_ran_on(tmp_path):
+    runs = {"astro-seed0": ["EPYC (AVX2), torch 2.13.0", "EPYC (AVX2), torch 2.13.0"],
+            "astro-seed1": ["EPYC (AVX2), torch 2.13.0", "EPYC (AVX512), torch 2.13.0"],  # resumed elsewhere
+            "direct-seed0": [None, None]}  # written before stages recorded their machine
+    for name, machines in runs.items():
+        stages = {stage: {"accuracy": 0.5, "mean_backtracks": 0.0, **({"machine": m} if m else {})}
+                  for stage, m in zip(["sft-eval", "rl-eval"], machines, strict=True)}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"seed": int(name[-1]), "stages": stages}))
+    text = compare_runs(tmp_path)
+    assert text.endswith("\n- EPYC (AVX2), torch 2.13.0: astro-seed0, astro-seed1\n"
+                         "- EPYC (AVX512), torch 2.13.0: astro-seed1")
+    (tmp_path / "astro-seed0/summary.json").unlink()
+    (tmp_path / "astro-seed1/summary.json").unlink()
+    assert "machines the runs" not in compare_runs(tmp_path)  # none recorded: no section
