@@ -87,6 +87,16 @@ def tiny_qwen_dir(request, tiny_qwen_dirs) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_lfm2_dir(tiny_tokenizer_dir) -> Path:
+    """A randomly initialised LFM2 of 3 layers, a short convolution then two attention layers (2 heads of 64),
+    embedding and output layer tied as vLLM requires, HF format."""
+    from astro_pl.modules.tiny_llama import build_tiny_model
+
+    return build_tiny_model(tiny_tokenizer_dir, tiny_tokenizer_dir.parent / "lfm2", "lfm2", seed=0,
+                            num_hidden_layers=3, conv_layers=(0,))
+
+
+@pytest.fixture(scope="session")
 def vllm_engine(tiny_model_dir):
     """One in-process vLLM engine on the tiny Llama for the whole session (eager: ~10 s start vs ~35 s compiled).
 

@@ -1,9 +1,11 @@
-"""Tiny Llama, Qwen2 and Qwen3 models and tokenizers made locally, for CPU runs and tests (no hub downloads).
+"""Tiny Llama, Qwen2, Qwen3 and LFM2 models and tokenizers made locally, for CPU runs and tests (no hub downloads).
 
 `train_tokenizer` fits a byte-level BPE on the texts a run will see; `build_tiny_model` writes a randomly
 initialised model of one of `ARCHITECTURES` in Hugging Face format that transformers and vLLM both load. The Qwen
 ones carry what sets them apart from Llama, so weight sync, export and chat rendering meet it on CPU: Qwen2 has
-q/k/v biases, Qwen3 per-head q/k RMSNorms and a chat template with a thinking switch.
+q/k/v biases, Qwen3 per-head q/k RMSNorms and a chat template with a thinking switch. LFM2 (Liquid AI's hybrid)
+replaces some attention layers by gated short convolutions over the last 3 tokens: a previous-token feature by
+construction, which an in-context look-up (an induction circuit) otherwise has to learn in attention first.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    Lfm2Config,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedTokenizerFast,
@@ -31,7 +34,7 @@ from astro_pl.runfiles import read_jsonl
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
 
-ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config, "lfm2": Lfm2Config}
 """`--architecture` choices: the Hugging Face config class each builds."""
 
 QWEN2_UNK_TOKEN = "<|endoftext|>"
@@ -85,11 +88,17 @@ def tiny_config(
     bos_token_id: int | None = 1,
     eos_token_id: int = 2,
     pad_token_id: int = 0,
+    conv_layers: tuple[int, ...] = (0,),
 ) -> PretrainedConfig:
-    """A config of `architecture` ("llama", "qwen2" or "qwen3"); head_dim (default hidden/heads) must be one vLLM's
-    CPU attention supports (32, 64, 128...). Key/value heads default to the attention heads (no grouping)."""
+    """A config of `architecture` (one of `ARCHITECTURES`); head_dim (default hidden/heads) must be one vLLM's
+    CPU attention supports (32, 64, 128...). Key/value heads default to the attention heads (no grouping).
+    `conv_layers` (LFM2 only) are the indices of the layers that are short convolutions; the rest attend."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    if architecture == "lfm2":
+        return lfm2_config(vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
+                           head_dim, rope_theta, intermediate_size, max_position_embeddings, bos_token_id,
+                           eos_token_id, pad_token_id, conv_layers)
     # Qwen3 defaults head_dim to 128; the others take hidden/heads unless told
     extra = {"head_dim": head_dim or hidden_size // num_attention_heads} if head_dim or architecture == "qwen3" else {}
     return ARCHITECTURES[architecture](
@@ -107,6 +116,45 @@ def tiny_config(
         tie_word_embeddings=False,
         torch_dtype="float32",
         **extra,
+    )
+
+
+def lfm2_config(vocab_size: int, hidden_size: int, num_hidden_layers: int, num_attention_heads: int,
+                num_key_value_heads: int | None, head_dim: int | None, rope_theta: float, intermediate_size: int,
+                max_position_embeddings: int, bos_token_id: int | None, eos_token_id: int, pad_token_id: int,
+                conv_layers: tuple[int, ...]) -> Lfm2Config:
+    """An LFM2 config that vLLM's Lfm2ForCausalLM runs as transformers does.
+
+    vLLM always ties the output layer to the embedding and reads the conv and MLP widths from `conv_dim` and
+    `block_dim` (fields of Liquid AI's released configs that transformers' `Lfm2Config` leaves out); the MLP keeps
+    `intermediate_size` as given (LFM2 would otherwise round it up to a multiple of 256). vLLM sizes heads as
+    hidden/heads, so a `head_dim` other than that is refused.
+    """
+    if head_dim is not None and head_dim * num_attention_heads != hidden_size:
+        raise ValueError(f"lfm2 heads are hidden_size / num_attention_heads ({hidden_size // num_attention_heads}), "
+                         f"got --head_dim {head_dim}")
+    bad = [i for i in conv_layers if not 0 <= i < num_hidden_layers]
+    if bad or len(set(conv_layers)) >= num_hidden_layers:
+        raise ValueError(f"--conv_layers must be distinct layer indices below {num_hidden_layers} that leave at least "
+                         f"one attention layer, got {list(conv_layers)}")
+    return Lfm2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads or num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        layer_types=["conv" if i in conv_layers else "full_attention" for i in range(num_hidden_layers)],
+        block_auto_adjust_ff_dim=False,
+        conv_dim=hidden_size,
+        block_dim=hidden_size,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
     )
 
 
@@ -162,8 +210,9 @@ class TinyModelArgs:
     """Output folder (Hugging Face format)."""
     fields: list[str] = field(default_factory=lambda: ["problem", "trace"])
     """Text fields to read."""
-    architecture: Literal["llama", "qwen2", "qwen3"] = "llama"
-    """Model family: llama, qwen2 (q/k/v biases) or qwen3 (q/k norms, thinking template)."""
+    architecture: Literal["llama", "qwen2", "qwen3", "lfm2"] = "llama"
+    """Model family: llama, qwen2 (q/k/v biases), qwen3 (q/k norms, thinking template) or lfm2 (short convolutions
+    in the layers `conv_layers`, attention in the rest)."""
     vocab_size: int = 512
     """Tokenizer vocabulary (at least the 256 bytes and the special tokens)."""
     split_digits: bool = True
@@ -177,6 +226,8 @@ class TinyModelArgs:
     head_dim: int | None = None
     """Width of each attention head; None: hidden_size / heads. More heads than width allows (hidden 64, 4 heads of
     32) help a tiny model learn look-ups while keeping a head size vLLM's CPU attention runs."""
+    conv_layers: list[int] = field(default_factory=lambda: [0])
+    """lfm2 only: indices of the layers that are gated short convolutions over the last 3 tokens."""
     rope_theta: float = 10_000.0
     """RoPE base. A small base (100) turns more of each head's dimensions into fast-rotating, position-sensitive
     ones: the previous-token heads a look-up needs form sooner (short sequences only)."""
@@ -188,6 +239,13 @@ class TinyModelArgs:
     """Initialisation seed."""
     overwrite: bool = False
     """Replace the files of a non-empty --out folder (a trained model there is lost)."""
+
+    def sizes(self) -> dict:
+        """The model's sizes as `tiny_config` takes them."""
+        return dict(hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+                    num_attention_heads=self.num_attention_heads, head_dim=self.head_dim, rope_theta=self.rope_theta,
+                    intermediate_size=self.intermediate_size, max_position_embeddings=self.max_position_embeddings,
+                    **({"conv_layers": tuple(self.conv_layers)} if self.architecture == "lfm2" else {}))
 
     def __post_init__(self) -> None:
         """Refuses sizes the tokenizer or model would silently ignore or fail on, and a non-empty --out folder."""
@@ -209,14 +267,18 @@ class TinyModelArgs:
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise UsageError(f"--hidden_size {self.hidden_size} must be a multiple of --num_attention_heads "
                              f"{self.num_attention_heads}")
+        try:  # the sizes as the model's config takes them (LFM2's layer layout and heads)
+            tiny_config(self.architecture, self.vocab_size, **self.sizes())
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         out = Path(self.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.overwrite:
             raise UsageError(f"--out {out}: not empty (it may hold a trained model); pass --overwrite to replace it")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`astro tiny-model`: fit a tokenizer on trace/problem JSONL text fields and write a tiny Llama, Qwen2 or
-    Qwen3."""
+    """`astro tiny-model`: fit a tokenizer on trace/problem JSONL text fields and write a tiny Llama, Qwen2, Qwen3
+    or LFM2."""
     cfg = parse_dataclass(TinyModelArgs, "astro tiny-model", main.__doc__, argv)
     out = Path(cfg.out)
     corpus = [str(row[k]) for path in cfg.texts for row in read_jsonl(path, missing_ok=False)
@@ -224,16 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(text.strip() for text in corpus):
         raise UsageError(f"--texts {' '.join(cfg.texts)}: no text in the fields {cfg.fields}")
     train_tokenizer(corpus, out / "tokenizer", vocab_size=cfg.vocab_size, split_digits=cfg.split_digits)
-    sizes = dict(
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        head_dim=cfg.head_dim,
-        rope_theta=cfg.rope_theta,
-        intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position_embeddings,
-    )
-    build_tiny_model(out / "tokenizer", out, cfg.architecture, seed=cfg.seed, **sizes)
+    build_tiny_model(out / "tokenizer", out, cfg.architecture, seed=cfg.seed, **cfg.sizes())
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(out)).parameters())
     print(f"tiny {cfg.architecture} with {params / 1e6:.2f}M parameters written to {out}")
     return 0

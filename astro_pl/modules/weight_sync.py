@@ -11,7 +11,6 @@ engine's dtype: a float32 master shard is cast to bf16 before it is gathered, so
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import groupby
 
 import torch
 from torch import nn
@@ -40,9 +39,30 @@ def lora_delta(layer: nn.Module) -> torch.Tensor:
     return delta
 
 
+def tied_names(model: nn.Module) -> tuple[str, str] | None:
+    """(embedding weight, output weight) Hugging Face names when the output layer reuses the embedding's tensor."""
+    output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is None or output.weight is not embedding.weight:
+        return None
+    names = {id(module): name.removeprefix("base_model.model.")
+             for name, module in model.named_modules(remove_duplicate=False)}
+    return f"{names[id(embedding)]}.weight", f"{names[id(output)]}.weight"
+
+
 def hf_named_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(Hugging Face name, full tensor in `dtype`) of every policy weight; LoRA adapters added to their base weights
-    (in the stored dtype, then cast)."""
+    (in the stored dtype, then cast). A tied output layer is sent under its own name too, right after the
+    embedding, in the same bucket: vLLM's in-place reload of LFM2 keeps the old weights until the tied tensor has
+    come under both names in one reload (tests/rollout/test_qwen_engines.py)."""
+    tied = tied_names(model)
+    for name, tensor in _hf_named_parameters(model, dtype):
+        yield name, tensor
+        if tied and name == tied[0]:
+            yield tied[1], tensor
+
+
+def _hf_named_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The parameters as stored, under Hugging Face names."""
     if not _is_peft(model):
         for name, param in model.named_parameters():
             yield name, _full(param, dtype)
@@ -69,6 +89,19 @@ def layer_of(name: str) -> str:
     return name
 
 
+def whole_layers(named: Iterator[tuple[str, torch.Tensor]]) -> Iterator[list]:
+    """Consecutive (name, tensor) pairs grouped by `layer_of`, lazily (one layer gathered at a time); a tensor sent
+    again under another name (a tied output layer) stays with the first."""
+    layer: list = []
+    for name, tensor in named:
+        if layer and layer_of(name) != layer_of(layer[-1][0]) and tensor is not layer[-1][1]:
+            yield layer
+            layer = []
+        layer.append((name, tensor))
+    if layer:
+        yield layer
+
+
 def weight_buckets(named: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[list]:
     """Groups (name, tensor) pairs into lists of at most `bucket_bytes`, never splitting a layer (a layer larger
     than that goes alone).
@@ -78,8 +111,7 @@ def weight_buckets(named: Iterator[tuple[str, torch.Tensor]], bucket_bytes: int)
     engine generating garbage (tests/rollout/test_engines.py syncs with 1-byte buckets).
     """
     bucket, size = [], 0
-    for _, layer in groupby(named, key=lambda item: layer_of(item[0])):  # lazily: one layer gathered at a time
-        layer = list(layer)
+    for layer in whole_layers(named):
         nbytes = sum(tensor.numel() * tensor.element_size() for _, tensor in layer)
         if bucket and size + nbytes > bucket_bytes:
             yield bucket

