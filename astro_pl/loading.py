@@ -8,8 +8,11 @@ A model is named by a Hugging Face path (local directory or hub name); tiny CPU 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,6 +36,10 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 def load_causal_lm(path: str, dtype: str = "auto", attn_implementation: str | None = None) -> PreTrainedModel:
     """Loads a causal LM for training; `attn_implementation` e.g. "sdpa" or "flash_attention_2"."""
+    if not torch.cuda.is_available():
+        # transformers warns, at a hybrid model's first step, to install causal-conv1d, a CUDA-only kernel: on CPU
+        # its PyTorch path is the only one (and the warning lands on a stage's progress line)
+        transformers_logging.get_logger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
     kwargs = {"dtype": resolve_dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -37,7 +37,10 @@ def numbered_records(path: str | Path, missing_ok: bool = True, torn_tail_ok: bo
     path = Path(path)
     if missing_ok and not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    # split at "\n" only: str.splitlines also splits at U+2028, U+0085..., which json.dumps(ensure_ascii=False)
+    # leaves raw inside a string (model output can hold them)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
     records = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():

@@ -25,6 +25,15 @@ def test_read_jsonl_names_file_and_line(tmp_path):
         read_jsonl(tmp_path / "none.jsonl", missing_ok=False)
 
 
+def test_read_jsonl_keeps_unicode_line_separators_inside_a_record(tmp_path):
+    """Model output may hold U+2028, U+2029 or U+0085, which JSON leaves raw and str.splitlines splits at."""
+    records = [{"text": "a\u2028b\u2029c\x85d"}, {"text": "e"}]
+    path = tmp_path / "a.jsonl"
+    write_jsonl(path, records)
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    assert read_jsonl(path) == records
+
+
 @pytest.mark.parametrize("text, kept", [("", ""), ('{"a": 1}\n', '{"a": 1}\n'), ('{"a": 1}\n{"a": ', '{"a": 1}\n'),
                                         ('{"a"', ""), ("x\n" + "y" * 200_000, "x\n")])
 def test_drop_torn_tail(tmp_path, text, kept):

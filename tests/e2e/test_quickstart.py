@@ -25,7 +25,7 @@ SHRINK = {
            "24", "--data.init_args.batch_size", "2", "--model.init_args.grpo.group_size", "2",
            "--model.init_args.grpo.dynamic_sampling", "false"],
 }
-GRAPH_SHRINK = {"model": ["--num_attention_heads", "2", "--num_hidden_layers", "2", "--head_dim", "16"]}
+GRAPH_SHRINK = {"model": ["--num_attention_heads", "2", "--num_hidden_layers", "2"]}  # LFM2: a convolution, attention
 # library log lines: vLLM's "INFO 11-30 ...", Python warnings ("UserWarning: ..."), W&B's "wandb: ...", c10's "[W1130"
 LIBRARY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|WARN)\b|Warning:|^wandb:|^\[[WE]\d{4}|^\(\w+ pid=\d+\)")
 EVAL_SHRINK = ["--task.init_args.num_test", "3", "--num_samples", "2", "--max_tokens", "24", "--pass_at", "[1, 2]",
