@@ -78,13 +78,17 @@ def test_vllm_on_cpu_refuses_a_separate_engine_process(monkeypatch):
         configure_vllm_env(cuda=False)
 
 
-def test_vllm_kwargs_keep_prefills_whole_on_cpu_unless_told():
-    cpu, gpu = engine_kwargs(EngineArgs(model="m"), cuda=False), engine_kwargs(EngineArgs(model="m"), cuda=True)
+def test_vllm_kwargs_keep_prefills_whole_on_cpu_unless_told(tiny_model_dir, tiny_lfm2_dir):
+    llama = str(tiny_model_dir)
+    cpu, gpu = engine_kwargs(EngineArgs(model=llama), cuda=False), engine_kwargs(EngineArgs(model=llama), cuda=True)
     assert cpu["enable_chunked_prefill"] is False and "enable_chunked_prefill" not in gpu
     assert "tensor_parallel_size" not in cpu and gpu["tensor_parallel_size"] == 1
-    user = engine_kwargs(EngineArgs(model="m", extra={"enable_chunked_prefill": True, "max_num_batched_tokens": 8192}),
-                         cuda=False)
+    user = engine_kwargs(EngineArgs(model=llama, extra={"enable_chunked_prefill": True,
+                                                        "max_num_batched_tokens": 8192}), cuda=False)
     assert user["enable_chunked_prefill"] is True and user["max_num_batched_tokens"] == 8192
+    # whole prefills leave vLLM no prefix cache for a model with recurrent layers (LFM2's convolutions)
+    assert cpu["enable_prefix_caching"] is True
+    assert engine_kwargs(EngineArgs(model=str(tiny_lfm2_dir)), cuda=False)["enable_prefix_caching"] is False
 
 
 def test_vllm_seeded_call_beyond_the_cpu_token_budget(vllm_engine):
