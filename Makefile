@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/astro pipeline --config configs/quickstart.yaml
+	$(VENV)/bin/astro pipeline --config configs/graph_quickstart.yaml
 
 # Headless Chromium screenshots the tree viewer in the tests (Debian package; needs root, as in CI).
 browser:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from astro_pl.data.chat import render_prompt
@@ -76,6 +78,17 @@ def test_vllm_on_cpu_refuses_a_separate_engine_process(monkeypatch):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     with pytest.raises(ValueError, match="VLLM_ENABLE_V1_MULTIPROCESSING is '1', set it to 0"):
         configure_vllm_env(cuda=False)
+
+
+def test_vllm_on_cpu_leaves_thread_binding_to_the_process_unless_told(monkeypatch):
+    from astro_pl.rollout.vllm import configure_vllm_env
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    configure_vllm_env(cuda=False)
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")   # astro ablation pins each run's engine to its cores
+    configure_vllm_env(cuda=False)
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0"
 
 
 def test_vllm_kwargs_keep_prefills_whole_on_cpu_unless_told(tiny_model_dir, tiny_lfm2_dir):
