@@ -53,6 +53,9 @@ class CheckpointEvalArgs:
     """Also every HF export in this folder that records its step (`hf-step<N>/` and `hf/` written by `HFExport`)."""
     out_dir: str = "runs/eval/checkpoints"
     """Output folder: one evaluation folder per checkpoint, and the table and plot across them."""
+    evaluated: list[str] = field(default_factory=list)
+    """Folders of `astro eval` runs already done, such as a pipeline's own eval stages of the SFT and the final RL
+    model: a checkpoint scored there with the same settings is read from there, not evaluated again."""
 
     def __post_init__(self) -> None:
         if not self.checkpoints and not self.folder:
@@ -107,10 +110,18 @@ def eval_args_for(args: CheckpointEvalArgs, path: Path, out_dir: Path) -> EvalAr
     return eval_args
 
 
-def finished_summary(eval_args: EvalArgs) -> dict | None:
-    """The summary of a finished evaluation with these settings, None when there is none; other settings raise."""
+def finished_summary(eval_args: EvalArgs, evaluated: Sequence[str] = ()) -> dict | None:
+    """The summary of a finished evaluation with these settings: in its own folder (other settings there raise), else
+    in one of `evaluated`; None when there is none."""
     path = Path(eval_args.out_dir) / "summary.json"
     if not path.is_file():
+        settings = json.loads(json.dumps(scored_settings(eval_args)))  # as the file holds them (tuples become lists)
+        for folder in evaluated:
+            done = Path(folder) / "summary.json"
+            summary = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else {}
+            if summary.get("settings") == settings:
+                print(f"astro eval-checkpoints: {eval_args.model or eval_args.checkpoint} was scored in {folder}")
+                return summary
         return None
     summary = json.loads(path.read_text(encoding="utf-8"))
     if summary.get("settings") != scored_settings(eval_args):
@@ -134,13 +145,14 @@ def checkpoint_tensors(path: Path, eval_args: EvalArgs) -> Iterator[tuple[str, t
         yield from load_file(file).items()
 
 
-def evaluate_all(runs: Sequence[tuple[int, Path, EvalArgs]]) -> list[tuple[int, str, dict]]:
+def evaluate_all(runs: Sequence[tuple[int, Path, EvalArgs]],
+                 evaluated: Sequence[str] = ()) -> list[tuple[int, str, dict]]:
     """(step, path, summary) of every checkpoint, evaluating those not done with one engine: built for the first,
     then given each next checkpoint's weights (an engine start can take minutes for a large model)."""
     engine, summaries = None, []
     try:
         for step, path, eval_args in runs:
-            summary = finished_summary(eval_args)
+            summary = finished_summary(eval_args, evaluated)
             if summary is None:
                 if engine is None:
                     engine = build_engine(eval_args)
@@ -234,7 +246,7 @@ def evaluate_checkpoints(args: CheckpointEvalArgs) -> dict:
     out_dir = Path(args.out_dir)
     checkpoints = find_checkpoints(args)
     runs = [(step, path, eval_args_for(args, path, out_dir / f"step{step}")) for step, path in checkpoints]
-    table = across_checkpoints(evaluate_all(runs))
+    table = across_checkpoints(evaluate_all(runs, args.evaluated))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "checkpoints.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     text = markdown(table)

@@ -71,6 +71,14 @@ def test_rl_exports_every_n_steps_then_eval_checkpoints_resumes(rl_policy_dir, t
     assert {p: p.stat().st_mtime_ns for p in out.glob("step*/samples.jsonl")} == stamps
     assert json.loads((out / "checkpoints.json").read_text()) == table
 
+    # a pipeline's own eval of the final model is read, not scored again
+    again = tmp_path / "again"
+    result = run_astro(*command[:-1], str(again), "--evaluated", f"[{tmp_path / 'e'}]")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert f"{run / 'hf'} was scored in {tmp_path / 'e'}" in result.stdout
+    assert sorted(p.name for p in again.glob("step*")) == ["step0", "step2"]
+    assert json.loads((again / "checkpoints.json").read_text())["rows"] == table["rows"]
+
 
 def test_hf_export_interval_must_be_positive():
     with pytest.raises(ValueError, match="every_n_steps must be >= 1 or null, got 0"):
