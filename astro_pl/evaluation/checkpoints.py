@@ -110,25 +110,35 @@ def eval_args_for(args: CheckpointEvalArgs, path: Path, out_dir: Path) -> EvalAr
     return eval_args
 
 
-def finished_summary(eval_args: EvalArgs, evaluated: Sequence[str] = ()) -> dict | None:
+def finished_summary(eval_args: EvalArgs, evaluated: Sequence[dict] = ()) -> dict | None:
     """The summary of a finished evaluation with these settings: in its own folder (other settings there raise), else
-    in one of `evaluated`; None when there is none."""
+    among `evaluated` (summaries of earlier `astro eval` runs); None when there is none."""
+    settings = json.loads(json.dumps(scored_settings(eval_args)))  # as the file holds them (tuples become lists)
     path = Path(eval_args.out_dir) / "summary.json"
     if not path.is_file():
-        settings = json.loads(json.dumps(scored_settings(eval_args)))  # as the file holds them (tuples become lists)
-        for folder in evaluated:
-            done = Path(folder) / "summary.json"
-            summary = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else {}
+        for summary in evaluated:
             if summary.get("settings") == settings:
-                print(f"astro eval-checkpoints: {eval_args.model or eval_args.checkpoint} was scored in {folder}")
+                print(f"astro eval-checkpoints: {eval_args.model or eval_args.checkpoint} was scored in "
+                      f"{summary['folder']}")
                 return summary
         return None
     summary = json.loads(path.read_text(encoding="utf-8"))
-    if summary.get("settings") != scored_settings(eval_args):
+    if summary.get("settings") != settings:
         raise ValueError(f"{path} was written with other settings (model, sampling or benchmarks); remove "
                          f"{path.parent} or choose another --out_dir")
     print(f"astro eval-checkpoints: {path.parent} is done, skipped")
     return summary
+
+
+def read_evaluated(folders: Sequence[str]) -> list[dict]:
+    """The summaries of `--evaluated` folders, each with its folder; a folder without one is an error."""
+    summaries = []
+    for folder in folders:
+        path = Path(folder) / "summary.json"
+        if not path.is_file():
+            raise ValueError(f"--evaluated {folder}: no summary.json (an `astro eval` output folder has one)")
+        summaries.append(json.loads(path.read_text(encoding="utf-8")) | {"folder": folder})
+    return summaries
 
 
 def checkpoint_tensors(path: Path, eval_args: EvalArgs) -> Iterator[tuple[str, torch.Tensor]]:
@@ -146,7 +156,7 @@ def checkpoint_tensors(path: Path, eval_args: EvalArgs) -> Iterator[tuple[str, t
 
 
 def evaluate_all(runs: Sequence[tuple[int, Path, EvalArgs]],
-                 evaluated: Sequence[str] = ()) -> list[tuple[int, str, dict]]:
+                 evaluated: Sequence[dict] = ()) -> list[tuple[int, str, dict]]:
     """(step, path, summary) of every checkpoint, evaluating those not done with one engine: built for the first,
     then given each next checkpoint's weights (an engine start can take minutes for a large model)."""
     engine, summaries = None, []
@@ -246,7 +256,7 @@ def evaluate_checkpoints(args: CheckpointEvalArgs) -> dict:
     out_dir = Path(args.out_dir)
     checkpoints = find_checkpoints(args)
     runs = [(step, path, eval_args_for(args, path, out_dir / f"step{step}")) for step, path in checkpoints]
-    table = across_checkpoints(evaluate_all(runs, args.evaluated))
+    table = across_checkpoints(evaluate_all(runs, read_evaluated(args.evaluated)))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "checkpoints.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     text = markdown(table)
