@@ -33,6 +33,10 @@ class Problem:
     level: int | None = None
 
 
+PROBLEM_FIELDS = ("id", "problem", "answer", "solution", "subject", "level")
+"""`Problem`'s fields: the columns a reward function is passed (as TRL passes dataset columns)."""
+
+
 class ProblemFileError(ValueError):
     """A problem file that cannot be read: names the file, the line (or row) and the field."""
 

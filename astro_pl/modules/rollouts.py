@@ -16,15 +16,13 @@ from typing import NamedTuple
 
 import torch
 
-from astro_pl.data.problems import Problem
+from astro_pl.data.problems import PROBLEM_FIELDS, Problem
 from astro_pl.evaluation.backtracks import DEFAULT_BACKTRACK_PHRASES, count_backtracks
 from astro_pl.modules.advantages import dynamic_sampling_mask
 from astro_pl.modules.collectives import all_reduce_scalar, generate_shared
 from astro_pl.modules.experience import Group, GroupBuffer
 from astro_pl.rewards.functions import RewardFn, call_rewards, combine_rewards
 from astro_pl.rollout.base import Completion, RolloutEngine, SamplingArgs
-
-PROBLEM_FIELDS = ("id", "problem", "answer", "solution", "subject", "level")
 
 
 class Rollouts(NamedTuple):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from astro_pl.data.problems import PROBLEM_FIELDS, Problem
+
 RewardFn = Callable[..., list[float | None]]
 
 
@@ -65,6 +67,40 @@ class OverlongPenalty:
 
     def __call__(self, completion_ids: Sequence[Sequence[int]], **kwargs) -> list[float]:
         return [overlong_penalty(len(ids), self.max_tokens, self.buffer_tokens, self.penalty) for ids in completion_ids]
+
+
+class VerdictPenalty:
+    """A process reward from the task's own verdict on a response (`Task.judge`, what `astro eval` reports):
+    `-scale * |verdict[field] - best|`, and None ("does not apply") where the task gives that field no value. The
+    outcome reward says only whether the final answer is right; a verdict such as the graph task's
+    `edge_lookup_share` (the share of moves along a prompt edge) also tells apart two right answers, one of which
+    made up a move in an abandoned attempt, and two wrong ones, so a group of equal outcomes still has a contrast.
+
+    Args:
+        field: A numeric or true/false field of the task's verdict (`GraphTask.judge`: `edge_lookup_share`,
+            `false_yes`, ...).
+        best: The verdict's best value (1.0 for a share that should be whole, 0.0 for a fault such as `false_yes`).
+        scale: Penalty per unit of distance from `best`.
+        score_truncated: Judge the final answer of a cut-off completion anyway (as `TaskCorrectness`).
+    """
+
+    def __init__(self, field: str, best: float = 1.0, scale: float = 1.0, score_truncated: bool = False):
+        if scale <= 0:
+            raise ValueError(f"VerdictPenalty: scale must be > 0, got {scale}")
+        self.field, self.best, self.scale, self.score_truncated = field, best, scale, score_truncated
+        self.__name__ = field
+
+    def __call__(self, completions: Sequence[str], finish_reason: Sequence[str], task, **columns) -> list[float | None]:
+        rewards: list[float | None] = []
+        for i, (text, reason) in enumerate(zip(completions, finish_reason, strict=True)):
+            problem = Problem(**{name: columns[name][i] for name in PROBLEM_FIELDS if name in columns})
+            verdict = task.judge(problem, text, task.final_answer(text, reason, self.score_truncated))
+            if self.field not in verdict and verdict:
+                raise ValueError(f"VerdictPenalty: the task's verdict has no field {self.field!r}; it has "
+                                 f"{sorted(verdict)}")
+            value = verdict.get(self.field)
+            rewards.append(None if value is None else -self.scale * abs(float(value) - self.best))
+        return rewards
 
 
 def overlong_penalty(length: int, max_tokens: int, buffer_tokens: int, penalty: float = 1.0) -> float:

@@ -7,12 +7,13 @@ import pytest
 from astro_pl.rewards.functions import (
     OverlongPenalty,
     TaskCorrectness,
+    VerdictPenalty,
     call_rewards,
     combine_rewards,
     overlong_penalty,
     reward_name,
 )
-from astro_pl.tasks import MathTask
+from astro_pl.tasks import GraphTask, MathTask
 
 TASK = MathTask(train=[], test=[])
 
@@ -69,3 +70,23 @@ def test_two_rewards_with_one_name_are_refused():
 
     with pytest.raises(ValueError, match="two rewards are named 'same'"):
         call_rewards([same, same], completions=["a"])
+
+
+def test_verdict_penalty_contrasts_equal_outcomes_by_the_tasks_verdict():
+    # two right answers, one after made-up moves (97>45 and 45>84 are no edges): the outcome reward ties them, the
+    # look-up verdict does not; a cut-off response still has moves to judge, a response without a look-up has none
+    graph = "edges: 45>16 83>30 74>97 55>45 30>31 74>55 92>84 97>92 74>83 | start 74 goal 16"
+    clean = "74>97\n\n97>92\n\n92>84 dead\n\nrestart.\n\n74>55\n\n55>45\n\n45>16 \\boxed{74 55 45 16}"
+    made_up = clean.replace("97>92", "97>45").replace("92>84", "45>84")
+    texts = [clean, made_up, "74>55\n\n55>45\n\n45>", "\\boxed{74 16}"]
+    columns = dict(completions=texts, finish_reason=["stop", "stop", "length", "stop"], answer=["74 55 45 16"] * 4,
+                   problem=[graph] * 4, id=["g"] * 4, task=GraphTask(num_train=1, num_val=1, num_test=1))
+    lookups = VerdictPenalty("edge_lookup_share", scale=2.0)(**columns)
+    assert lookups[0] == 0.0 and lookups[1] == -2.0 * 2 / 4 and lookups[2] == 0.0
+    assert lookups[3] is None
+    assert TaskCorrectness()(**columns)[:2] == [1.0, 1.0]
+    # a fault the verdict flags: a claimed path that is no path is a false yes; a cut-off one claims nothing
+    assert VerdictPenalty("false_yes", best=0.0)(**columns) == [0.0, 0.0, 0.0, -1.0]
+    assert reward_name(VerdictPenalty("false_yes", best=0.0)) == "false_yes"
+    with pytest.raises(ValueError, match="no field 'lookup'.*edge_lookup_share"):
+        VerdictPenalty("lookup")(**columns)
