@@ -160,9 +160,8 @@ class PlateauRestart(L.Callback):
                          f"{self.best['steps']} (no restart left)")
             else:
                 self._passed.update(due)
-                verdict = "kept" if self.judged else "passed"
-                announce(f"PlateauRestart: attempt {self.restarts + 1} {verdict} (no restart left): {judged} at step "
-                         f"{steps} of it")
+                announce(f"PlateauRestart: attempt {self.restarts + 1} above a bar, kept (no restart left): {judged} "
+                         f"at step {steps} of it")
             return
         if self.keep == "best" and (self.best is None or score > tuple(self.best["score"])):
             self.best = {"attempt": self.restarts + 1, "steps": steps, "score": list(score),

@@ -69,7 +69,7 @@ def test_a_run_above_the_bar_restarts_from_fresh_weights_and_trains_as_long_agai
     restart = PlateauRestart(bars=every_attempt_above, max_restarts=2, window=2, seed=7, keep="last")
     trainer, module, lrs = fit(tmp_path, tiny_model_dir, restart)
     out = capsys.readouterr().out  # stdout: what the pipeline's console shows
-    assert "restart 2 of 2, initialisation seed 2007" in out and "attempt 3 kept" in out
+    assert "restart 2 of 2, initialisation seed 2007" in out and "attempt 3 above a bar, kept" in out
     assert out.count("\nPlateauRestart: ") == 3  # each decision on a line of its own, not after a progress bar
     assert restart.restarts == 2 and restart.judged and restart.extra_steps == 4
     assert trainer.global_step == 4 + 2 * 2  # the kept attempt trained the full 4 steps
@@ -102,8 +102,14 @@ def test_each_metric_is_judged_at_its_own_step_and_any_above_its_bar_restarts(tm
     assert lines[0].startswith("PlateauRestart: attempt 1 passed: train/loss ") and "at step 2 of it" in lines[0]
     assert "train/loss_answer" in lines[1] and "(bar -1.0) at step 3 of attempt 1; restart 1 of 1" in lines[1]
     assert "attempt 2 passed: train/loss " in lines[2]  # judged afresh in the new attempt
-    assert "attempt 2 kept (no restart left): train/loss_answer" in lines[3]  # kept whatever its loss
+    assert "attempt 2 above a bar, kept (no restart left): train/loss_answer" in lines[3]  # kept whatever its loss
     assert restart.restarts == 1 and restart.extra_steps == 3 and trainer.global_step == 4 + 3
+    # max_restarts=0 judges and says so, and trains on: the bars as a report (configs/graph/sft.yaml)
+    judge_only = PlateauRestart(bars={"train/loss": Bar(2, -1.0)}, max_restarts=0, window=2)
+    trainer, _, _ = fit(tmp_path, tiny_model_dir, judge_only)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PlateauRestart")]
+    assert len(lines) == 1 and "attempt 1 above a bar, kept (no restart left): train/loss " in lines[0]
+    assert judge_only.restarts == 0 and trainer.global_step == 4
     with pytest.raises(ValueError, match="logs no 'train/loss_other'"):
         fit(tmp_path, tiny_model_dir, PlateauRestart(bars={"train/loss_other": Bar(2, 1.0)}, window=2))
 
