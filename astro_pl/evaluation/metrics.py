@@ -21,7 +21,7 @@ import torch
 from torchmetrics import MeanMetric, Metric
 
 from astro_pl.evaluation.backtracks import DEFAULT_BACKTRACK_PHRASES, count_backtracks
-from astro_pl.rewards.math import answers_match
+from astro_pl.rewards.math import answers_match, group_answers
 
 MatchFn = Callable[[str, str], bool]
 
@@ -34,22 +34,6 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     if num_samples - num_correct < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(num_samples - num_correct + 1, num_samples + 1))
-
-
-def group_answers(answers: Sequence[str | None], match_fn: MatchFn) -> list[list[int]]:
-    """Indices of equivalent answers, grouped in order of first appearance; None answers are left out."""
-    groups: list[list[int]] = []
-    for i, answer in enumerate(answers):
-        if answer is None:
-            continue
-        for group in groups:
-            first = answers[group[0]]
-            if answer == first or match_fn(answer, first):
-                group.append(i)
-                break
-        else:
-            groups.append([i])
-    return groups
 
 
 def majority_score(answers: Sequence[str | None], correct: Sequence[bool], match_fn: MatchFn) -> float:

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 from astro_pl.rewards.normalize import choice_letter, clean, fast_equal
 from astro_pl.rewards.pool import WorkerPool
@@ -197,6 +198,22 @@ def answers_match(pred: str, gold: str, timeout: float = 2.0) -> bool:
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     return verdict
+
+
+def group_answers(answers: Sequence[str | None], match_fn: Callable[[str, str], bool]) -> list[list[int]]:
+    """Indices of equivalent answers, grouped in order of first appearance; None answers are left out."""
+    groups: list[list[int]] = []
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        for group in groups:
+            first = answers[group[0]]
+            if answer == first or match_fn(answer, first):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
 
 
 def math_reward(response: str, gold: str, correct: float = 1.0, incorrect: float = -1.0, timeout: float = 2.0) -> float:

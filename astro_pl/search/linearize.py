@@ -28,8 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from astro_pl.evaluation.metrics import group_answers
-from astro_pl.rewards.math import answers_match
+from astro_pl.rewards.math import answers_match, group_answers
 from astro_pl.rollout.base import RolloutEngine, SamplingArgs
 from astro_pl.search.tree import Node, SearchTree
 from astro_pl.search.verbalize import Event, Phrases, Segment, join_segments, verbalize

@@ -19,8 +19,10 @@ gives the files an unsharded run writes.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -101,6 +103,9 @@ def build_parser() -> ArgumentParser:
                              "--engine.")
     parser.add_argument("--engine", type=EngineArgs | None, default=None, help="Engine to build (llm only).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of trace sampling (per tree: seed and tree id).")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Processes searching blocks of problems at once (scripted teacher only: an LLM "
+                             "proposer batches its engine calls in one process); the files do not depend on it.")
     parser.add_argument("--judge", type=Literal["none", "task", "llm"], default="none",
                         help="Which correct terminals may be taught: none (all); task (the task's soundness judge "
                              "checks every step); llm (the search model's self-evaluation).")
@@ -147,6 +152,14 @@ def check_choices(kind: str, proposer: str, task: Task) -> None:
         raise ValueError("--judge llm needs --proposer llm (the search model judges its own solutions)")
     if kind == "task" and not task.has_judge:
         raise ValueError(f"--judge task: {type(task).__name__} has no soundness judge (use --judge llm or none)")
+
+
+def check_workers(workers: int, proposer: str, judge: str) -> None:
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and "llm" in (proposer, judge):
+        raise ValueError(f"--workers {workers} needs --proposer task and no --judge llm: a model's engine batches its "
+                         "calls in one process (split a model's search with --shard I/N instead)")
 
 
 def build_judge(kind: str, task: Task, proposer: StepProposer, args: SelfEvalArgs) -> SoundnessJudge | None:
@@ -218,21 +231,53 @@ def search_and_write(problems: list[Problem], proposer: StepProposer, cfg: Names
     trees_path, traces_path = out_dir / "trees.jsonl", out_dir / "traces.jsonl"
     done = resume(trees_path, traces_path)
     todo = [p for p in problems if p.id not in done]
-    print(f"astro search: {len(done)} problems already done in {out_dir}, {len(todo)} to search")
-    trees = search_trees(todo, proposer, cfg.search, cfg.task.check)
-    for tree in tqdm(trees, total=len(todo), desc="search", unit="tree"):
-        traces = build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge,
-                              checker=cfg.task.check)
+    print(f"astro search: {len(done)} problems already done in {out_dir}, {len(todo)} to search"
+          + (f" in {cfg.workers} processes" if cfg.workers > 1 else ""))
+    searched = search_in_workers(todo, proposer, cfg, judge) if cfg.workers > 1 else \
+        search_block(todo, proposer, cfg, judge)
+    for tree, traces in tqdm(searched, total=len(todo), desc="search", unit="tree"):
         write_tree(tree, traces, trees_path, traces_path)
+
+
+def search_block(problems: list[Problem], proposer: StepProposer, cfg: Namespace, judge: SoundnessJudge | None
+                 ) -> Iterator[tuple[SearchTree, list[dict]]]:
+    """Each problem's tree and traces, in order (trace sampling is seeded per tree: seed and problem id)."""
+    for tree in search_trees(problems, proposer, cfg.search, cfg.task.check):
+        yield tree, build_traces(tree, cfg.traces, random.Random(f"{cfg.seed}:{tree.problem_id}"), judge=judge,
+                                 checker=cfg.task.check)
+
+
+_FORKED: tuple = ()
+"""The proposer, settings and judge a forked worker inherits (set before the pool forks; not pickled)."""
+
+
+def _search_forked_block(problems: list[Problem]) -> list[tuple[SearchTree, list[dict]]]:
+    return list(search_block(problems, *_FORKED))
+
+
+def search_in_workers(problems: list[Problem], proposer: StepProposer, cfg: Namespace,
+                      judge: SoundnessJudge | None) -> Iterator[tuple[SearchTree, list[dict]]]:
+    """`search_block` over blocks of `search.batch_size` problems in `cfg.workers` forked processes, yielded in
+    problem order, so the files equal a one-process run's (a scripted teacher's tree depends on its problem alone)
+    and the parent alone writes them, crash-safe as before."""
+    global _FORKED
+    blocks = [problems[i:i + cfg.search.batch_size] for i in range(0, len(problems), cfg.search.batch_size)]
+    _FORKED = (proposer, cfg, judge)
+    try:
+        with multiprocessing.get_context("fork").Pool(cfg.workers) as pool:
+            for results in pool.imap(_search_forked_block, blocks):
+                yield from results
+    finally:
+        _FORKED = ()
 
 
 # ---- shards and run settings ------------------------------------------------------------------------------
 
-NOT_SETTINGS = ("out_dir", "shard", "merge", "config")
+NOT_SETTINGS = ("out_dir", "shard", "merge", "config", "workers")
 
 
 def run_settings(parser: ArgumentParser, raw: Namespace) -> dict:
-    """Every option that shapes the trees and traces (all but where they go and which shard)."""
+    """Every option that shapes the trees and traces (all but where they go, which shard and how many workers)."""
     settings = yaml.safe_load(parser.dump(raw, skip_validation=True))
     return {key: value for key, value in settings.items() if key not in NOT_SETTINGS}
 
@@ -331,6 +376,7 @@ def search(parser: ArgumentParser, raw: Namespace) -> dict:
         problems = [problems[i] for i in shard_range(len(problems), *shard)]
         out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
     check_choices(cfg.judge, cfg.proposer, cfg.task)
+    check_workers(cfg.workers, cfg.proposer, cfg.judge)
     check_rewrite(cfg.rewrite, cfg.proposer)
     with claim(out_dir):
         claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,

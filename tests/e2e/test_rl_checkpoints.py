@@ -71,6 +71,15 @@ def test_rl_exports_every_n_steps_then_eval_checkpoints_resumes(rl_policy_dir, t
     assert {p: p.stat().st_mtime_ns for p in out.glob("step*/samples.jsonl")} == stamps
     assert json.loads((out / "checkpoints.json").read_text()) == table
 
+    # two worker processes (steps 0 and 4 in one, step 2 in the other) score every checkpoint as one process does
+    parallel = tmp_path / "parallel"
+    result = run_astro(*command[:-1], str(parallel), "--workers", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert json.loads((parallel / "checkpoints.json").read_text()) == table
+    for step in (0, 2, 4):
+        assert (parallel / f"step{step}" / "samples.jsonl").read_text() == \
+            (out / f"step{step}" / "samples.jsonl").read_text()
+
     # a pipeline's own eval of the final model is read, not scored again
     again = tmp_path / "again"
     result = run_astro(*command[:-1], str(again), "--evaluated", f"[{tmp_path / 'e'}]")

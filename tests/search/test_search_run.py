@@ -98,6 +98,9 @@ def test_print_config_and_flag_errors(capsys, tmp_path):
         "--config", str(CONFIG), "--out_dir", unused, "--task", "astro_pl.tasks.MathTask", "--limit", "2",
         "--proposer", "llm", "--engine.model", "unused")
     assert "--out_dir is required (or --merge DIR" in error("--search.iterations", "2")  # no config, no out_dir
+    assert "--workers 2 needs --proposer task and no --judge llm" in error(
+        "--config", str(CONFIG), "--out_dir", unused, "--proposer", "llm", "--engine.model", "unused", "--workers", "2")
+    assert "--workers must be >= 1" in error("--config", str(CONFIG), "--out_dir", unused, "--workers", "0")
 
 
 def test_resume_repairs_torn_lines_and_orphan_traces(tmp_path):
@@ -169,6 +172,19 @@ def test_two_shards_merged_equal_an_unsharded_run(unsharded, tmp_path, capsys):
     for name in ("trees.jsonl", "traces.jsonl", "summary.json", "run.json"):
         assert (out / name).read_text() == (unsharded / name).read_text(), name
     assert len(read_jsonl(out / "traces.jsonl")) > 48
+
+
+def test_worker_processes_write_the_files_of_one_process(unsharded, tmp_path, capsys):
+    out = tmp_path / "workers"
+    # 3 forked workers over blocks of 8 problems; cut back to 20 trees as a kill leaves it, then resumed by 2 workers
+    # (the number of workers is not a setting of the run): the files equal the one-process run's
+    assert main([*SMALL, "--out_dir", str(out), "--workers", "3"]) == 0
+    trees = out / "trees.jsonl"
+    trees.write_text("".join(trees.read_text().splitlines(keepends=True)[:20]))
+    assert main([*SMALL, "--out_dir", str(out), "--workers", "2"]) == 0
+    assert "20 problems already done" in capsys.readouterr().out
+    for name in ("trees.jsonl", "traces.jsonl", "summary.json"):
+        assert (out / name).read_text() == (unsharded / name).read_text(), name
 
 
 def shard_error(capsys, argv: list[str]) -> str:
