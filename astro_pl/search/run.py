@@ -13,7 +13,8 @@ lost or duplicated; a rerun with other settings is refused.
 A shard (`--shard I/N`, the contiguous block of problems `astro eval --shard` uses) is such a run in its own folder
 `out_dir/shard-I-of-N`. A problem's tree and traces do not depend on which problems share its run (with the
 scripted teacher; an LLM proposer seeds each engine call, so its samples depend on the batch), so `--merge`
-gives the files an unsharded run writes.
+gives the files an unsharded run writes. For the same reason `--workers N` (scripted teacher only) searches blocks of
+problems in N forked processes on one machine and writes the same files as one process.
 """
 
 from __future__ import annotations
