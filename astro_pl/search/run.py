@@ -155,6 +155,13 @@ def check_choices(kind: str, proposer: str, task: Task) -> None:
         raise ValueError(f"--judge task: {type(task).__name__} has no soundness judge (use --judge llm or none)")
 
 
+def check_settings(cfg: Namespace) -> None:
+    """The checks across options that a search makes before its first tree (`--print_config` stops before them)."""
+    check_choices(cfg.judge, cfg.proposer, cfg.task)
+    check_workers(cfg.workers, cfg.proposer, cfg.judge)
+    check_rewrite(cfg.rewrite, cfg.proposer)
+
+
 def check_workers(workers: int, proposer: str, judge: str) -> None:
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -376,9 +383,7 @@ def search(parser: ArgumentParser, raw: Namespace) -> dict:
         shard = parse_shard(cfg.shard)
         problems = [problems[i] for i in shard_range(len(problems), *shard)]
         out_dir = out_dir / f"shard-{shard[0]}-of-{shard[1]}"
-    check_choices(cfg.judge, cfg.proposer, cfg.task)
-    check_workers(cfg.workers, cfg.proposer, cfg.judge)
-    check_rewrite(cfg.rewrite, cfg.proposer)
+    check_settings(cfg)
     with claim(out_dir):
         claim_folder(out_dir, {"settings": run_settings(parser, raw), "shard": list(shard) if shard else None,
                                "problem_ids": [p.id for p in problems]})

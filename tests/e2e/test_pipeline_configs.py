@@ -11,6 +11,7 @@ import yaml
 
 from astro_pl import cli
 from astro_pl.pipeline import substitute
+from astro_pl.search.run import build_parser, check_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {p: yaml.safe_load(p.read_text()) for p in [REPO / "configs/quickstart.yaml",
@@ -46,3 +47,15 @@ def test_stage_command_is_accepted_by_its_subcommand(name, stage, variables, tmp
         cli.main([*argv, "--print_config"])
     assert done.value.code in (0, None), capsys.readouterr().err[-2000:]
     assert capsys.readouterr().out.strip()
+
+
+SEARCHES = [(name, stage, variables) for name, stage, variables in STAGES if stage["command"][0] == "search"]
+
+
+@pytest.mark.parametrize("name,stage,variables", SEARCHES, ids=[f"{n}-{s['name']}" for n, s, _ in SEARCHES])
+def test_search_stage_passes_the_checks_across_its_options(name, stage, variables, tmp_path, monkeypatch):
+    """`--print_config` stops before these: a model proposer layered over a config with worker processes, say."""
+    monkeypatch.chdir(REPO)
+    argv = [substitute(a, variables | {"output_dir": str(tmp_path), "seed": "0"}) for a in stage["command"][1:]]
+    parser = build_parser()
+    check_settings(parser.instantiate(parser.parse_args(argv)))
