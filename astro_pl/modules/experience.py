@@ -28,6 +28,12 @@ class Group(NamedTuple):
     """Reward of each completion, [G]."""
     answer: str
     """Gold answer (for logging)."""
+    step_rewards: list[list[float]] | None = None
+    """Per completion, the step rewards on each of its tokens ([G][T], `astro_pl.rewards.steps`), or None."""
+
+    def has_step_signal(self) -> bool:
+        """Whether a step reward marks any token: the group has something to learn even when its outcomes tie."""
+        return any(any(tokens) for tokens in self.step_rewards or [])
 
 
 class GroupBuffer:
@@ -64,7 +70,7 @@ class Experience(NamedTuple):
     engine_logp: torch.Tensor
     """[N, L-1] the engine's log-prob of each response token (0 elsewhere)."""
     advantages: torch.Tensor
-    """[N] advantage of each sequence."""
+    """[N] advantage of each sequence, or [N, L-1] per shifted position when step rewards add to some tokens."""
     old_logp: torch.Tensor | None = None
     """[N, L-1] trainer log-probs at rollout time, when the batch is reused for several optimiser steps."""
     ref_logp: torch.Tensor | None = None
@@ -80,7 +86,7 @@ class Experience(NamedTuple):
         length = max(int(picked.attention_mask.sum(1).max()), 2) if picked.num_sequences else 2
 
         def trim(name: str, t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None or name == "advantages":
+            if t is None or (name == "advantages" and t.dim() == 1):
                 return t
             return t[:, :length] if name in ("input_ids", "attention_mask") else t[:, : length - 1]
 
@@ -142,7 +148,8 @@ def pack_experience(groups: Sequence[Group], advantages: torch.Tensor, pad_id: i
             so a cut-off answer is neither rewarded nor punished (DAPO's overlong filtering).
 
     Returns:
-        `Experience` without old/ref log-probs.
+        `Experience` without old/ref log-probs; its advantages are [N, L-1] (the sequence's advantage plus the step
+        rewards on each response token) when a group carries step rewards, else [N].
     """
     rows = [(g.prompt_ids, c) for g in groups for c in g.completions]
     if len(rows) != advantages.numel():
@@ -153,6 +160,9 @@ def pack_experience(groups: Sequence[Group], advantages: torch.Tensor, pad_id: i
     attention_mask = torch.zeros(n, length, dtype=torch.long)
     response_mask = torch.zeros(n, max(length - 1, 1), dtype=torch.float32)
     engine_logp = torch.zeros(n, max(length - 1, 1), dtype=torch.float32)
+    steps = [g.step_rewards[j] if g.step_rewards else None for g in groups for j in range(len(g.completions))]
+    per_token = any(s is not None for s in steps)
+    token_advantages = torch.zeros(n, max(length - 1, 1), dtype=torch.float32)
     for i, (prompt, completion) in enumerate(rows):
         p, t = len(prompt), len(completion.token_ids)
         input_ids[i, : p + t] = torch.tensor(prompt + list(completion.token_ids), dtype=torch.long)
@@ -161,4 +171,11 @@ def pack_experience(groups: Sequence[Group], advantages: torch.Tensor, pad_id: i
             response_mask[i, p - 1 : p - 1 + t] = 1
         if completion.logprobs:
             engine_logp[i, p - 1 : p - 1 + t] = torch.tensor(completion.logprobs, dtype=torch.float32)
-    return Experience(input_ids, attention_mask, response_mask, engine_logp, advantages.float())
+        if per_token:
+            token_advantages[i, p - 1 : p - 1 + t] = float(advantages[i])
+            if steps[i] is not None:
+                if len(steps[i]) != t:
+                    raise ValueError(f"completion {i} has {t} tokens but {len(steps[i])} step rewards")
+                token_advantages[i, p - 1 : p - 1 + t] += torch.tensor(steps[i], dtype=torch.float32)
+    return Experience(input_ids, attention_mask, response_mask, engine_logp,
+                      token_advantages if per_token else advantages.float())

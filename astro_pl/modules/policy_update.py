@@ -264,7 +264,8 @@ def policy_update(policy: PolicyForward, reference: PolicyForward | None, exp: E
     policy.model.train()
     computed = torch.ones(exp.num_sequences, dtype=torch.bool)  # the rows that run forward/backward
     if grpo.skip_zero_advantage:
-        computed = exp.advantages.cpu() != 0
+        advantages = exp.advantages.cpu()
+        computed = advantages != 0 if advantages.dim() == 1 else (advantages != 0).any(1)
     if grpo.epochs * grpo.mini_batches > 1:
         exp = exp._replace(old_logp=score(policy, exp, computed, grpo))
     if grpo.beta > 0:

@@ -5,7 +5,7 @@ One training step = one rollout batch:
    after a start or resume, since the engine loaded the base weights),
 2. sample G completions for each of B prompts (the engine's log-probs kept),
 3. reward each with the reward functions (default: the task's checker, +1 / -1; no final answer, or an answer cut
-   off at the token limit, is wrong),
+   off at the token limit, is wrong), and mark the tokens of single steps with any step rewards,
 4. group advantages; with dynamic sampling, groups whose rewards are all equal are dropped and more prompts
    are drawn until B groups are kept or `max_extra_draws` is used up,
 5. the update (`astro_pl.modules.policy_update`): `epochs` passes over the batch in `mini_batches` optimiser steps
@@ -72,6 +72,9 @@ class RLModule(L.LightningModule):
         rewards: Reward functions in TRL's signature (`astro_pl.rewards.functions`): class paths with init args, or
             dotted paths of plain functions. Default: `TaskCorrectness()` (+1 / -1, cut-off answers wrong).
         reward_weights: One weight per reward function (default all 1).
+        step_rewards: Rewards on the tokens of single steps (`astro_pl.rewards.steps`, e.g. `StepFaultPenalty`:
+            a move the task's rules reject), added to those tokens' advantages after the group normalisation; a
+            group they mark carries a signal even when its outcomes tie.
         sampling: Rollout sampling (default max_tokens 128); `n` is replaced by `grpo.group_size`. `top_p` must
             be 1: vLLM renormalises its log-probs over the nucleus and the trainer does not, which would bias the
             importance ratios and the clipping.
@@ -107,6 +110,7 @@ class RLModule(L.LightningModule):
         task: Task | None = None,
         rewards: list[Callable] | None = None,
         reward_weights: list[float] | None = None,
+        step_rewards: list[Callable] | None = None,
         sampling: SamplingArgs | None = None,
         grpo: GRPOArgs | None = None,
         val_max_tokens: int | None = None,
@@ -127,7 +131,8 @@ class RLModule(L.LightningModule):
         if sync_bucket_mb <= 0:
             raise ValueError(f"--model.sync_bucket_mb must be > 0, got {sync_bucket_mb}")
         # dataclasses go in as dicts, so checkpoints load with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["engine", "task", "rewards", "sampling", "grpo", "optim", "lora"])
+        self.save_hyperparameters(ignore=["engine", "task", "rewards", "step_rewards", "sampling", "grpo", "optim",
+                                          "lora"])
         self.automatic_optimization = False
         self.model_path, self.dtype_name = model_path, dtype
         resolve_dtype(dtype, "--model.dtype")  # fails here, not at model loading
@@ -151,6 +156,8 @@ class RLModule(L.LightningModule):
             raise ValueError(f"--model.reward_weights has {len(self.reward_weights)} weights for "
                              f"{len(self.rewards)} rewards")
         self.hparams["rewards"] = [reward_name(fn) for fn in self.rewards]
+        self.step_rewards = list(step_rewards or [])
+        self.hparams["step_rewards"] = [reward_name(fn) for fn in self.step_rewards]
         self.sampling = dataclasses.replace(sampling, n=grpo.group_size, logprobs=True)
         self.grpo = grpo
         self.val_max_tokens = val_max_tokens or sampling.max_tokens
@@ -363,7 +370,12 @@ class RLModule(L.LightningModule):
             self.engine, next_problems, self._render, self.sampling,
             lambda draw: derive_seed(self.seed, "rollout", step, draw, engine_index),
             self.rewards, self.reward_weights, self.task, dynamic_sampling=self.grpo.dynamic_sampling,
-            max_extra_draws=self.grpo.max_extra_draws, engine_group=self._engine_group)
+            max_extra_draws=self.grpo.max_extra_draws, engine_group=self._engine_group,
+            step_rewards=self.step_rewards, decode=self._decode)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        """A completion's text as the engine writes it (special tokens skipped), for placing step rewards."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     # ---- the update ---------------------------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 `collect_rollouts` is the whole of it, as a function of its inputs (engine, prompt source, sampling, rewards, task):
 it draws prompts, generates (ranks sharing one engine submit together), calls every reward function once per draw
-in TRL's signature (`astro_pl.rewards.functions`), combines them with their weights, and, with dynamic sampling
-(DAPO), drops groups whose rewards are all equal and draws again until every rank holds `batch_size` groups or
-`max_extra_draws` is used up. `rollout_metrics` turns what was sampled into the step's logged numbers.
+in TRL's signature (`astro_pl.rewards.functions`), combines them with their weights, puts any step rewards on their
+tokens (`astro_pl.rewards.steps`), and, with dynamic sampling (DAPO), drops groups whose rewards are all equal and
+that no step reward marks, and draws again until every rank holds `batch_size` groups or `max_extra_draws` is used
+up. `rollout_metrics` turns what was sampled into the step's logged numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from astro_pl.modules.advantages import dynamic_sampling_mask
 from astro_pl.modules.collectives import all_reduce_scalar, generate_shared
 from astro_pl.modules.experience import Group, GroupBuffer
 from astro_pl.rewards.functions import RewardFn, call_rewards, combine_rewards
+from astro_pl.rewards.steps import StepRewardFn, call_step_rewards, token_char_ends
 from astro_pl.rollout.base import Completion, RolloutEngine, SamplingArgs
 
 
@@ -57,12 +59,25 @@ def reward_columns(problems: Sequence[Problem], prompts: Sequence[str], outputs:
 
 
 def score_groups(problems: Sequence[Problem], prompts: Sequence[str], prompt_ids: Sequence[list[int]],
-                 outputs: Sequence[Sequence[Completion]], rewards: Sequence[RewardFn], weights: Sequence[float], task
+                 outputs: Sequence[Sequence[Completion]], rewards: Sequence[RewardFn], weights: Sequence[float], task,
+                 step_rewards: Sequence[StepRewardFn] = (), decode: Callable[[list[int]], str] | None = None
                  ) -> tuple[list[Group], dict[str, list[float | None]]]:
-    """Groups with their combined rewards, and each reward's own values."""
-    values = call_rewards(rewards, **reward_columns(problems, prompts, outputs, task))
+    """Groups with their combined rewards (and step rewards per token, summed over the step reward functions),
+    and each reward's own values (a step reward's: its sum over each completion's tokens)."""
+    columns = reward_columns(problems, prompts, outputs, task)
+    values = call_rewards(rewards, **columns)
     totals = iter(combine_rewards(values, weights))
-    groups = [Group(ids, list(completions), [next(totals) for _ in completions], problem.answer)
+    per_token = None
+    if step_rewards:
+        if decode is None:
+            raise ValueError("step rewards need `decode` to find where each token's text ends")
+        char_ends = [token_char_ends(decode, ids) for ids in columns["completion_ids"]]
+        step_values = call_step_rewards(step_rewards, char_ends, **columns)
+        values.update({name: [sum(tokens) for tokens in column] for name, column in step_values.items()})
+        per_token = iter([[sum(column[c][t] for column in step_values.values()) for t in range(len(ends))]
+                          for c, ends in enumerate(char_ends)])
+    groups = [Group(ids, list(completions), [next(totals) for _ in completions], problem.answer,
+                    None if per_token is None else [next(per_token) for _ in completions])
               for problem, ids, completions in zip(problems, prompt_ids, outputs, strict=True)]
     return groups, values
 
@@ -71,7 +86,8 @@ def collect_rollouts(engine: RolloutEngine, next_problems: Callable[[], list[Pro
                      render: Callable[[list[Problem]], tuple[list[str], list[list[int]]]],
                      sampling: SamplingArgs, seed_of_draw: Callable[[int], int], rewards: Sequence[RewardFn],
                      weights: Sequence[float], task, dynamic_sampling: bool = False,
-                     max_extra_draws: int = 0, engine_group=None) -> Rollouts:
+                     max_extra_draws: int = 0, engine_group=None, step_rewards: Sequence[StepRewardFn] = (),
+                     decode: Callable[[list[int]], str] | None = None) -> Rollouts:
     """Draws, generates and scores until every rank holds as many kept groups as one draw has prompts (one draw
     without dynamic sampling). Every rank calls it in lockstep: the number of draws is agreed through an all-reduce.
 
@@ -88,6 +104,9 @@ def collect_rollouts(engine: RolloutEngine, next_problems: Callable[[], list[Pro
         dynamic_sampling: Drop groups whose rewards are all equal (zero advantage) and draw again.
         max_extra_draws: Most extra draws per step with dynamic sampling.
         engine_group: Process group of the ranks sharing this rank's engine, or None.
+        step_rewards: Step reward functions (`astro_pl.rewards.steps`); a group they mark is kept by dynamic
+            sampling even when its outcomes tie.
+        decode: Token ids -> text (the policy's tokenizer), to put step rewards on tokens.
     """
     buffer, values = GroupBuffer(), {}
     generate_s = reward_s = 0.0
@@ -106,13 +125,15 @@ def collect_rollouts(engine: RolloutEngine, next_problems: Callable[[], list[Pro
         outputs = generate_shared(engine, prompt_ids, params, engine_group)
         generate_s += time.perf_counter() - start
         start = time.perf_counter()
-        groups, draw_values = score_groups(problems, prompts, prompt_ids, outputs, rewards, weights, task)
+        groups, draw_values = score_groups(problems, prompts, prompt_ids, outputs, rewards, weights, task,
+                                           step_rewards, decode)
         for name, column in draw_values.items():
             values.setdefault(name, []).extend(column)
         reward_s += time.perf_counter() - start
         if dynamic_sampling:
             flat = torch.tensor([r for g in groups for r in g.rewards])
-            buffer.add(groups, dynamic_sampling_mask(flat, sampling.n).tolist())
+            differ = dynamic_sampling_mask(flat, sampling.n).tolist()
+            buffer.add(groups, [d or g.has_step_signal() for d, g in zip(differ, groups, strict=True)])
         else:
             buffer.add(groups, [True] * len(groups))
         if all_reduce_scalar(len(buffer), "min") >= wanted:

@@ -93,7 +93,7 @@ class VerdictPenalty:
     def __call__(self, completions: Sequence[str], finish_reason: Sequence[str], task, **columns) -> list[float | None]:
         rewards: list[float | None] = []
         for i, (text, reason) in enumerate(zip(completions, finish_reason, strict=True)):
-            problem = Problem(**{name: columns[name][i] for name in PROBLEM_FIELDS if name in columns})
+            problem = problem_at(columns, i)
             verdict = task.judge(problem, text, task.final_answer(text, reason, self.score_truncated))
             if self.field not in verdict and verdict:
                 raise ValueError(f"VerdictPenalty: the task's verdict has no field {self.field!r}; it has "
@@ -101,6 +101,11 @@ class VerdictPenalty:
             value = verdict.get(self.field)
             rewards.append(None if value is None else -self.scale * abs(float(value) - self.best))
         return rewards
+
+
+def problem_at(columns: dict, i: int) -> Problem:
+    """Completion i's problem, rebuilt from the problem-field columns of a reward call."""
+    return Problem(**{name: columns[name][i] for name in PROBLEM_FIELDS if name in columns})
 
 
 def overlong_penalty(length: int, max_tokens: int, buffer_tokens: int, penalty: float = 1.0) -> float:

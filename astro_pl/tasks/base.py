@@ -111,6 +111,12 @@ class Task(ABC):
         `astro eval` reports each key's mean over the responses where it is not None. None by default."""
         return {}
 
+    def step_faults(self, problem: Problem, text: str) -> list[tuple[int, int]]:
+        """Character spans `[start, end)` of `text` where a step breaks the domain's rules (a move along no edge
+        of the prompt's graph): what a step reward (`astro_pl.rewards.steps.StepFaultPenalty`) blames, on those
+        tokens only. None found by default."""
+        return []
+
     def read_step(self, state: State, text: str) -> ReadStep | None:
         """How the domain reads a step a model wrote after `state` (`astro search --proposer llm`): the step as the
         tree keeps it, or None when it is no legal step (the proposer drops it, as it drops an empty sample). By

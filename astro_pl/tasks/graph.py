@@ -340,6 +340,10 @@ class GraphTask(Task):
         graph = parse_graph(problem.problem)
         return {} if graph is None else judge_response(graph, text, answer)
 
+    def step_faults(self, problem: Problem, text: str) -> list[tuple[int, int]]:
+        graph = parse_graph(problem.problem)
+        return [] if graph is None else move_faults(graph, text)
+
 
 # Judging responses: whether a response really searches (`GraphTask.judge`, reported by `astro eval`). Read off the
 # moves "a>b" a response writes, independent of the trace's reflection phrases:
@@ -391,6 +395,48 @@ def edge_lookups(graph: Graph, text: str) -> list[bool]:
     graph such a move is a look-up, not a choice, so this tells a learnt look-up from the shape of a search."""
     edges = set(graph.edges)
     return [(m.source, m.target) in edges for m in moves(text) if m.source != graph.start]
+
+
+def move_faults(graph: Graph, text: str) -> list[tuple[int, int]]:
+    """Character spans of the first step of each attempt that breaks the prompt's rules: the node of a move along
+    no prompt edge (`57>14` where the edge is `57>13`: the look-up slipped), a "dead" said at a node that has an
+    outgoing edge or is the goal (the terminal check slipped), or a paragraph that writes part of a move (a digit,
+    ">" or "dead", outside a quoted step) but is no move (`76>^74`, `74 dead`). A move along an edge into a real
+    dead end is no fault: that is the search exploring.
+
+    An attempt begins at a move leaving the start or after a phrase (`restart.`, `back to "97>57"`). After its
+    first fault it is off the graph, where no next move is right; blaming those moves too made RL push one seed's probability onto text that is no move at all (malformed answers 0.5% -> 13%;
+    docs/graph-task-log.md).
+    """
+    edges = set(graph.edges)
+    spans: list[tuple[int, int]] = []
+    offset, derailed = 0, False
+    for paragraph in text.split("\n\n"):
+        start, offset = offset, offset + len(paragraph) + 2
+        body = _QUOTED.sub("", paragraph).strip()
+        if not _MOVE_PART.search(body):  # a phrase (or nothing): the search goes back, a new attempt begins
+            derailed = False
+            continue
+        move = _JUDGED_MOVE.search(paragraph) if _WELL_FORMED_MOVE.fullmatch(body) else None
+        fault = None
+        if move is None:
+            fault = (start, start + len(paragraph))
+        else:
+            source, target = int(move.group(1)), int(move.group(2))
+            derailed = derailed and source != graph.start
+            if (source, target) not in edges:
+                fault = (start + move.start(2), start + move.end(2))
+            elif move.group(3) and (graph.successors(target) or target == graph.goal):
+                fault = (start + move.start(3), start + move.end(3))
+        if fault is not None and not derailed:
+            spans.append(fault)
+            derailed = True
+    return spans
+
+
+_WELL_FORMED_MOVE = re.compile(rf"\d+>\d+(?: {DEAD}| \\boxed\{{[\d ]*\}})?")
+_QUOTED = re.compile(r'"[^"\n]*"')
+_MOVE_PART = re.compile(rf"[\d>]|\b{DEAD}\b")
 
 
 def first_attempt(graph: Graph, text: str) -> list[int]:

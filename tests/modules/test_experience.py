@@ -18,6 +18,22 @@ def test_pack_aligns_response_mask_and_engine_logprobs_with_shifted_positions():
     assert exp.engine_logp[0].tolist() == [0, 0, -0.5, -0.25, 0]
 
 
+def test_step_rewards_add_to_the_sequence_advantage_on_their_tokens_only():
+    groups = [Group([1, 2], [Completion("", [7, 8, 9], [-0.5] * 3, "stop"), Completion("", [9], [-1.0], "stop")],
+                    [1.0, -1.0], "x", [[0.0, -2.0, 0.0], [0.0]]),
+              Group([1], [Completion("", [5, 6], [-0.1] * 2, "stop"), Completion("", [6], [-0.1], "stop")],
+                    [1.0, 1.0], "y")]
+    exp = pack_experience(groups, torch.tensor([0.5, -0.5, 0.0, 0.0]), pad_id=0)
+    # [N, L-1]: the response of row 0 is scored at columns 1..3; its second token carries 0.5 - 2
+    assert exp.advantages.tolist() == [[0, 0.5, -1.5, 0.5], [0, -0.5, 0, 0], [0.0, 0, 0, 0], [0.0, 0, 0, 0]]
+    assert exp.advantages.shape == exp.response_mask.shape
+    assert exp.select(torch.tensor([1])).advantages.tolist() == [[0, -0.5]]   # trimmed with the rows
+    plain = pack_experience(groups[1:], torch.tensor([0.5, -0.5]), pad_id=0)
+    assert plain.advantages.tolist() == [0.5, -0.5]   # no step rewards: one advantage per sequence, as before
+    with pytest.raises(ValueError, match="completion 1 has 1 tokens but 2 step rewards"):
+        pack_experience([groups[0]._replace(step_rewards=[[0.0] * 3, [0.0, 0.0]])], torch.zeros(2), pad_id=0)
+
+
 def test_plan_sorts_longest_first_and_caps_sequences():
     lengths = torch.tensor([3, 9, 5, 9, 1])
     plan = plan_micro_batches(lengths, max_sequences=2)

@@ -195,6 +195,33 @@ def test_steps_that_keep_no_group_stop_the_run_with_a_clear_error(tiny_model_dir
     assert trainer.global_step == 0 and engine.calls == 6  # 3 steps x (1 draw + 1 extra)
 
 
+def compute_steps(completions, **kwargs):
+    """A step reward: -1 on the word "Compute" (every scripted answer opens with it)."""
+    return [[(t.index("Compute"), t.index("Compute") + 7, -1.0)] if "Compute" in t else [] for t in completions]
+
+
+def test_a_step_reward_trains_groups_whose_outcomes_tie_and_lowers_its_tokens(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    engine = ScriptedEngine(tokenizer, p_right=1.0)  # every sample right: the outcome reward gives no signal
+    module, data, trainer, engine = make(tiny_model_dir, tmp_path, engine=engine, max_steps=3,
+                                         grpo={"dynamic_sampling": True, "max_extra_draws": 1, "max_idle_steps": 1},
+                                         step_rewards=[compute_steps])
+    module.configure_model()
+    prompt = tokenizer("Evaluate 2 + 3.", return_tensors="pt")["input_ids"]
+    marked = tokenizer("Compute", add_special_tokens=False)["input_ids"][0]
+
+    def marked_logp() -> float:
+        with torch.no_grad():
+            return torch.log_softmax(module.model(prompt).logits[0, -1].float(), -1)[marked].item()
+
+    before = marked_logp()
+    trainer.fit(module, datamodule=data)
+    m = trainer.callback_metrics
+    assert trainer.global_step == 3 and engine.calls == 3   # every group kept: no extra draw, no idle stop
+    assert m["rollout/groups_kept"].item() == 2 and m["reward/compute_steps"].item() < 0
+    assert marked_logp() < before - 0.1
+
+
 class PoisonWeightAt(L.Callback):
     """Sets the final norm's weight to NaN before rollout step `step`: that step's loss is NaN."""
 

@@ -89,3 +89,36 @@ def test_rollout_backtracks_count_the_phrases_they_are_given():
                            [1.0], TASK)
     assert rollout_metrics(out, kept=1)["rollout/backtracks"] == 0.0  # the default phrases are not the graph's
     assert rollout_metrics(out, kept=1, backtrack_phrases=["restart."])["rollout/backtracks"] == 1.5
+
+
+class CharEngine:
+    """One token per character (id = code point), so a step's characters are its tokens."""
+
+    def __init__(self, texts_per_call: list[list[list[str]]]):
+        self.texts_per_call = iter(texts_per_call)
+
+    def generate(self, prompts, params: SamplingArgs):
+        return [[Completion(t, [ord(c) for c in t], [], "stop") for t in texts] for texts in next(self.texts_per_call)]
+
+
+def slips(completions, **kwargs):
+    """A step reward: -1 on each "slip" a completion writes."""
+    return [[(i, i + 4, -1.0) for i in range(len(t)) if t.startswith("slip", i)] for t in completions]
+
+
+def test_a_step_reward_marks_its_tokens_and_keeps_a_tied_group_that_has_a_slip():
+    draws = iter([problems("1", "2"), problems("3")])
+    # draw 0: both groups all right, only group 1 has a slip; draw 1: a mixed group
+    engine = CharEngine([[["slip \\boxed{1}", "\\boxed{1}"], ["\\boxed{2}", "\\boxed{2}"]],
+                         [["\\boxed{3}", "\\boxed{0}"]]])
+    out = collect_rollouts(engine, lambda: next(draws), render, SamplingArgs(n=2), lambda d: d, [TaskCorrectness()],
+                           [1.0], TASK, dynamic_sampling=True, max_extra_draws=3, step_rewards=[slips],
+                           decode=lambda ids: "".join(map(chr, ids)))
+    assert [g.answer for g in out.buffer.groups] == ["1", "3"] and out.buffer.dropped == 1
+    marked = out.buffer.groups[0].step_rewards
+    assert marked[0][:5] == [-1.0, -1.0, -1.0, -1.0, 0.0] and not any(marked[0][5:]) and not any(marked[1])
+    assert out.reward_values["slips"] == [-4.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert rollout_metrics(out, kept=2)["reward/slips"] == -4.0 / 6
+    with pytest.raises(ValueError, match="step rewards need `decode`"):
+        collect_rollouts(CharEngine([[["a", "b"]]]), lambda: problems("1"), render, SamplingArgs(n=2), lambda d: 0,
+                         [TaskCorrectness()], [1.0], TASK, step_rewards=[slips])

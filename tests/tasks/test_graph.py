@@ -24,6 +24,7 @@ from astro_pl.tasks.graph import (
     gold_path,
     graph_key,
     judge_response,
+    move_faults,
     moves,
     parse_graph,
     parse_path,
@@ -188,6 +189,28 @@ def test_response_metrics_on_hand_made_traces():
                      "recovered": 1 / 3, "false_yes": 0.25}
     assert task.judge(Problem(id="x", problem="not a graph", answer="1 2"), direct, "1 2") == {}
     assert mean_judgements([{}, {}]) == {}
+
+
+def test_step_faults_blame_the_first_slip_of_each_attempt_not_a_real_dead_end():
+    task = GraphTask()
+    problem = Problem(id="hand", problem=PROBLEM, answer="97 98 77 71")
+    clean = "97>57\n\n57>44\n\n44>43 dead\n\nrestart.\n\n97>98\n\n98>77\n\n77>71 \\boxed{97 98 77 71}"
+    assert task.step_faults(problem, clean) == []   # a dead end reached along real edges is the search exploring
+    # 57>14 is no edge: its node is blamed, and 14>43 after it is not (no move from 14 is right); after the
+    # restart, "dead" at 77, which goes on to 71, is the next attempt's slip
+    slipped = "97>57\n\n57>14\n\n14>43 dead\n\nrestart.\n\n97>98\n\n98>77 dead"
+    spans = move_faults(HAND, slipped)
+    assert [slipped[a:b] for a, b in spans] == ["14", " dead"]
+    assert spans[0] == (slipped.index("57>14") + 3, slipped.index("57>14") + 5)
+    assert move_faults(HAND, "97>98\n\n98>77\n\n77>71 dead") == [(19, 24)]   # "dead" at the goal: a missed success
+    # a move leaving the start begins a new attempt without a phrase
+    jump = "97>57\n\n57>14\n\n97>98\n\n98>13"
+    assert [jump[a:b] for a, b in move_faults(HAND, jump)] == ["14", "13"]
+    # paragraphs that write part of a move but are none (what RL learnt to write when every fault was blamed) are
+    # faults; phrases and quoted steps are not, and begin a new attempt
+    junk = '97>^57\n\n57 dead\n\nback to "97>57"\n\n dead\n\nrestart.\n\n97>{98>77\n\n77>71 \\boxed{97 98 77 71}'
+    assert [junk[a:b] for a, b in move_faults(HAND, junk)] == ["97>^57", " dead", "97>{98>77"]
+    assert task.step_faults(Problem(id="x", problem="not a graph", answer="1"), slipped) == []
 
 
 def test_tokenizer_keeps_every_node_id_one_token(tmp_path):
