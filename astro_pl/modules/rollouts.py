@@ -73,6 +73,8 @@ def score_groups(problems: Sequence[Problem], prompts: Sequence[str], prompt_ids
             raise ValueError("step rewards need `decode` to find where each token's text ends")
         char_ends = [token_char_ends(decode, ids) for ids in columns["completion_ids"]]
         step_values = call_step_rewards(step_rewards, char_ends, **columns)
+        if clash := sorted(values.keys() & step_values.keys()):
+            raise ValueError(f"a reward and a step reward are both named {clash[0]!r}; give one a distinct __name__")
         values.update({name: [sum(tokens) for tokens in column] for name, column in step_values.items()})
         per_token = iter([[sum(column[c][t] for column in step_values.values()) for t in range(len(ends))]
                           for c, ends in enumerate(char_ends)])

@@ -405,8 +405,9 @@ def move_faults(graph: Graph, text: str) -> list[tuple[int, int]]:
     dead end is no fault: that is the search exploring.
 
     An attempt begins at a move leaving the start or after a phrase (`restart.`, `back to "97>57"`). After its
-    first fault it is off the graph, where no next move is right; blaming those moves too made RL push one seed's probability onto text that is no move at all (malformed answers 0.5% -> 13%;
-    docs/graph-task-log.md).
+    first fault it is off the graph, where no next move is right; blaming those moves too made RL push one seed's
+    probability onto text that is no move at all (unreadable answers 0.5% -> 13%; docs/graph-task-log.md, "A step
+    reward for the slip").
     """
     edges = set(graph.edges)
     spans: list[tuple[int, int]] = []

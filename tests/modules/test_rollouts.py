@@ -119,6 +119,10 @@ def test_a_step_reward_marks_its_tokens_and_keeps_a_tied_group_that_has_a_slip()
     assert marked[0][:5] == [-1.0, -1.0, -1.0, -1.0, 0.0] and not any(marked[0][5:]) and not any(marked[1])
     assert out.reward_values["slips"] == [-4.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert rollout_metrics(out, kept=2)["reward/slips"] == -4.0 / 6
+    correct_steps = type("Named", (), {"__name__": "correct", "__call__": staticmethod(slips)})()
+    with pytest.raises(ValueError, match="a reward and a step reward are both named 'correct'"):
+        collect_rollouts(CharEngine([[["a", "b"]]]), lambda: problems("1"), render, SamplingArgs(n=2), lambda d: 0,
+                         [TaskCorrectness()], [1.0], TASK, step_rewards=[correct_steps], decode=lambda ids: "")
     with pytest.raises(ValueError, match="step rewards need `decode`"):
         collect_rollouts(CharEngine([[["a", "b"]]]), lambda: problems("1"), render, SamplingArgs(n=2), lambda d: 0,
                          [TaskCorrectness()], [1.0], TASK, step_rewards=[slips])
