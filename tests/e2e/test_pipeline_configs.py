@@ -59,3 +59,18 @@ def test_search_stage_passes_the_checks_across_its_options(name, stage, variable
     argv = [substitute(a, variables | {"output_dir": str(tmp_path), "seed": "0"}) for a in stage["command"][1:]]
     parser = build_parser()
     check_settings(parser.instantiate(parser.parse_args(argv)))
+
+
+def test_the_readmes_step_reward_yaml_layers_over_the_graph_rl_config(tmp_path, monkeypatch, capsys):
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("```yaml\n", readme.index("**Step rewards**")) + len("```yaml\n")
+    overlay = tmp_path / "step_faults.yaml"
+    overlay.write_text(readme[start: readme.index("```", start)])
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as done:
+        cli.main(["fit", "--config", "configs/graph/rl.yaml", "--config", str(overlay), "--print_config"])
+    assert done.value.code in (0, None), capsys.readouterr().err[-2000:]
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["step_rewards"] == [
+        {"class_path": "astro_pl.rewards.StepFaultPenalty", "init_args": {"penalty": 0.3}}]
+    assert len(printed["model"]["init_args"]["rewards"]) == 2   # the overlay adds step rewards, keeps the rewards
