@@ -23,7 +23,7 @@ from astro_pl.modules.advantages import dynamic_sampling_mask
 from astro_pl.modules.collectives import all_reduce_scalar, generate_shared
 from astro_pl.modules.experience import Group, GroupBuffer
 from astro_pl.rewards.functions import RewardFn, call_rewards, combine_rewards
-from astro_pl.rewards.steps import StepRewardFn, call_step_rewards, token_char_ends
+from astro_pl.rewards.steps import StepRewardFn, TokenEnds, call_step_rewards
 from astro_pl.rollout.base import Completion, RolloutEngine, SamplingArgs
 
 
@@ -71,7 +71,7 @@ def score_groups(problems: Sequence[Problem], prompts: Sequence[str], prompt_ids
     if step_rewards:
         if decode is None:
             raise ValueError("step rewards need `decode` to find where each token's text ends")
-        char_ends = [token_char_ends(decode, ids) for ids in columns["completion_ids"]]
+        char_ends = [TokenEnds(decode, ids) for ids in columns["completion_ids"]]
         step_values = call_step_rewards(step_rewards, char_ends, **columns)
         if clash := sorted(values.keys() & step_values.keys()):
             raise ValueError(f"a reward and a step reward are both named {clash[0]!r}; give one a distinct __name__")

@@ -13,6 +13,7 @@ token overlapping its span (`token_step_rewards`), after the group normalisation
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 
@@ -50,22 +51,44 @@ class StepFaultPenalty:
         return out
 
 
-def token_char_ends(decode: Callable[[list[int]], str], token_ids: Sequence[int]) -> list[int]:
-    """Where each token's text ends in the decoded completion: len(decode(ids[:t+1])) for each t. Decoding
-    prefixes, not tokens one by one, keeps multi-byte characters and a tokenizer's spacing rules exact."""
-    ids = list(token_ids)
-    return [len(decode(ids[: t + 1])) for t in range(len(ids))]
+class TokenEnds(Sequence[int]):
+    """Where each token's text ends in a decoded completion, `len(decode(ids[:t + 1]))`, worked out only where
+    asked and kept: a completion's few spans need a few of its tokens, found by bisection, and decoding a prefix
+    costs its length (all of them would be quadratic in a long answer). Decoding prefixes, not tokens one by one,
+    keeps multi-byte characters and a tokenizer's spacing rules exact."""
+
+    def __init__(self, decode: Callable[[list[int]], str], token_ids: Sequence[int]):
+        self.decode, self.token_ids, self.known = decode, list(token_ids), {}
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __getitem__(self, t):
+        if isinstance(t, slice):
+            return [self[i] for i in range(len(self))[t]]
+        if not 0 <= t < len(self):
+            raise IndexError(t)
+        if t not in self.known:
+            self.known[t] = len(self.decode(self.token_ids[: t + 1]))
+        return self.known[t]
 
 
 def token_step_rewards(char_ends: Sequence[int], spans: Sequence[StepSpan]) -> list[float]:
-    """Per-token sums of the step rewards whose span overlaps the token's characters [previous end, end)."""
+    """Per-token sums of the step rewards whose span overlaps the token's characters [previous end, end).
+
+    Args:
+        char_ends: Where each token's text ends (nondecreasing; `TokenEnds`).
+        spans: The completion's steps and their rewards.
+    """
     rewards = [0.0] * len(char_ends)
     for start, end, value in spans:
-        begin = 0
-        for t, stop in enumerate(char_ends):
-            if begin < end and stop > start and stop > begin:  # a token that adds no character holds no step
+        t = bisect.bisect_right(char_ends, start)  # the first token that ends after the span starts
+        begin = char_ends[t - 1] if t > 0 else 0
+        while t < len(char_ends) and begin < end:
+            stop = char_ends[t]
+            if stop > begin:  # a token that adds no character holds no step
                 rewards[t] += value
-            begin = stop
+            begin, t = stop, t + 1
     return rewards
 
 
@@ -75,7 +98,7 @@ def call_step_rewards(fns: Sequence[StepRewardFn], char_ends: Sequence[Sequence[
 
     Args:
         fns: Step reward functions.
-        char_ends: Per completion, where each token's text ends (`token_char_ends`).
+        char_ends: Per completion, where each token's text ends (`TokenEnds`).
         columns: The reward call's keyword columns (`completions`, problem fields, `task`, ...).
     """
     count = len(columns["completions"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from astro_pl.rewards.steps import StepFaultPenalty, call_step_rewards, token_char_ends, token_step_rewards
+from astro_pl.rewards.steps import StepFaultPenalty, TokenEnds, call_step_rewards, token_step_rewards
 from astro_pl.tasks import GraphTask
 
 VOCAB = {1: "74", 2: ">", 3: "97", 4: "\n\n", 5: "45", 6: " dead", 7: "", 8: "é"}
@@ -16,15 +16,17 @@ def decode(ids: list[int]) -> str:
 
 def test_char_ends_and_token_rewards_by_hand():
     ids = [1, 2, 3, 4, 3, 2, 5, 6]                 # "74>97\n\n97>45 dead"
-    ends = token_char_ends(decode, ids)
-    assert ends == [2, 3, 5, 7, 9, 10, 12, 17]
+    calls = []
+    ends = TokenEnds(lambda prefix: calls.append(len(prefix)) or decode(prefix), ids)
     text = decode(ids)
     node = (text.index("45"), text.index("45") + 2)
     assert token_step_rewards(ends, [(*node, -1.0)]) == [0, 0, 0, 0, 0, 0, -1.0, 0]
+    assert len(calls) < len(ids)   # found by bisection: not every prefix was decoded
+    assert ends[:] == [2, 3, 5, 7, 9, 10, 12, 17] and len(calls) == len(ids)   # and each prefix once
     # a span across two tokens marks both; two spans on one token add; a span inside a token marks it
     assert token_step_rewards(ends, [(0, 3, -0.5), (1, 2, -0.25)]) == [-0.75, -0.5, 0, 0, 0, 0, 0, 0]
     # a token that adds no character (an empty piece) is never blamed
-    assert token_step_rewards(token_char_ends(decode, [1, 7, 2]), [(1, 3, -1.0)]) == [-1.0, 0, -1.0]
+    assert token_step_rewards(TokenEnds(decode, [1, 7, 2]), [(1, 3, -1.0)]) == [-1.0, 0, -1.0]
     assert token_step_rewards([], [(0, 1, -1.0)]) == []
 
 
