@@ -51,6 +51,10 @@ class Graph(NamedTuple):
     def successors(self, node: int) -> list[int]:
         return [b for a, b in self.edges if a == node]
 
+    def dead_end(self, node: int) -> bool:
+        """No outgoing edge, and not the goal (which has none either)."""
+        return node != self.goal and not self.successors(node)
+
 
 def format_graph(graph: Graph, goal_edge: bool = False) -> str:
     """The problem text: "edges: 12>57 57>44 | start 97 goal 71", with `goal_edge` "edges: 12>57 57>44 71>goal |
@@ -386,7 +390,7 @@ def dead_end_calls(graph: Graph, text: str) -> list[bool]:
     reaches has no outgoing edge and is not the goal (a made-up move or node is no evidence of a check, and "dead"
     at the goal is a missed success)."""
     edges = set(graph.edges)
-    return [(m.source, m.target) in edges and not graph.successors(m.target) and m.target != graph.goal
+    return [(m.source, m.target) in edges and graph.dead_end(m.target)
             for m in moves(text) if m.dead]
 
 
@@ -427,7 +431,7 @@ def move_faults(graph: Graph, text: str) -> list[tuple[int, int]]:
             derailed = derailed and source != graph.start
             if (source, target) not in edges:
                 fault = (start + move.start(2), start + move.end(2))
-            elif move.group(3) and (graph.successors(target) or target == graph.goal):
+            elif move.group(3) and not graph.dead_end(target):
                 fault = (start + move.start(3), start + move.end(3))
         if fault is not None and not derailed:
             spans.append(fault)
